@@ -1,0 +1,82 @@
+"""STPT hyper-parameters and the registry of named sizes."""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import Any
+
+CONV_KINDS = ("depthwise", "factorized", "full", "none")
+ATTENTION_BACKENDS = ("sdpa", "xformers", "math")
+
+
+@dataclass(frozen=True)
+class STPTConfig:
+    """Every STPT hyper-parameter; `codebook_size` is also the [MASK] id."""
+
+    codebook_size: int = 8192
+    width: int = 512
+    depth: int = 8
+    num_heads: int = 8
+    mlp_ratio: float = 4.0
+    patch_stride: int = 2
+    # 3D convolution before each block's attention: see conv.py and the package README.
+    conv: str = "depthwise"
+    text_dim: int = 768
+    action_dim: int = 2
+    # Sizes of the learned per-axis position tables; other sizes interpolate them.
+    position_frames: int = 16
+    position_height: int = 16
+    position_width: int = 16
+    attention_backend: str = "sdpa"
+    activation_checkpointing: bool = False
+
+    def __post_init__(self) -> None:
+        positive = ("codebook_size", "width", "depth", "num_heads", "patch_stride", "text_dim", "action_dim",
+                    "position_frames", "position_height", "position_width")
+        for name in positive:
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.width % self.num_heads:
+            raise ValueError(f"width {self.width} is not divisible by num_heads {self.num_heads}")
+        if self.mlp_ratio <= 0:
+            raise ValueError(f"mlp_ratio must be > 0, got {self.mlp_ratio}")
+        if self.conv not in CONV_KINDS:
+            raise ValueError(f"conv must be one of {CONV_KINDS}, got {self.conv!r}")
+        if self.attention_backend not in ATTENTION_BACKENDS:
+            raise ValueError(f"attention_backend must be one of {ATTENTION_BACKENDS}, got {self.attention_backend!r}")
+
+    @property
+    def mask_id(self) -> int:
+        """The [MASK] token id (one past the last real code)."""
+        return self.codebook_size
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain dict of every field (what config.json holds)."""
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> STPTConfig:
+        """Inverse of `to_dict`; unknown keys are an error rather than silently dropped."""
+        unknown = set(values) - {field.name for field in dataclasses.fields(cls)}
+        if unknown:
+            raise ValueError(f"unknown STPTConfig fields: {sorted(unknown)}")
+        return cls(**values)
+
+
+PRESETS: dict[str, STPTConfig] = {
+    # Unit tests and the CPU quickstart.
+    "tiny": STPTConfig(width=64, depth=2, num_heads=4),
+    "small": STPTConfig(width=256, depth=6, num_heads=4),
+    # The dev-guide benchmark shape.
+    "base": STPTConfig(width=512, depth=8, num_heads=8),
+    # ~1.0B parameters (see README for why these dimensions); T5-XXL text embeddings are 4096 wide.
+    "paper-1b": STPTConfig(width=1536, depth=24, num_heads=12, text_dim=4096),
+}
+
+
+def get_config(name: str, **overrides: Any) -> STPTConfig:
+    """The preset `name` with `overrides` applied to its fields."""
+    if name not in PRESETS:
+        raise ValueError(f"unknown STPT preset {name!r}; choose one of {sorted(PRESETS)}")
+    return dataclasses.replace(PRESETS[name], **overrides)

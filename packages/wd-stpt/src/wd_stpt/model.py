@@ -1,0 +1,116 @@
+"""STPT: token embedding + positions, U-ViT stack of STPT blocks with long skips, logits head."""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save_file
+from torch import nn
+from torch.utils.checkpoint import checkpoint
+
+from wd_stpt.condition import PromptEmbedding, STPTCondition
+from wd_stpt.config import STPTConfig
+from wd_stpt.layers import STPTBlock, image_attention_mask
+from wd_stpt.positions import FactorizedPositions
+
+CONFIG_NAME, WEIGHTS_NAME = "config.json", "model.safetensors"
+
+
+class STPT(nn.Module):
+    """Spatial Temporal Patchwise Transformer: tokens (B, N, h, w) in [0, K] -> logits (B, N, h, w, K)."""
+
+    def __init__(self, config: STPTConfig) -> None:
+        super().__init__()
+        self.config = config
+        width = config.width
+        self.embed = nn.Embedding(config.codebook_size + 1, width)  # last row is [MASK]
+        self.positions = FactorizedPositions(width, config.position_frames, config.position_height,
+                                             config.position_width)
+        self.prompt = PromptEmbedding(config)
+        self.blocks = nn.ModuleList(STPTBlock(config) for _ in range(config.depth))
+        # U-ViT: the first depth//2 blocks push their output, the last depth//2 concat one and project.
+        self.skip_projs = nn.ModuleList(nn.Linear(2 * width, width, bias=False) for _ in range(config.depth // 2))
+        self.norm = nn.LayerNorm(width)
+        self.head = nn.Linear(width, config.codebook_size)
+        self.apply(_init_weights)
+
+    def forward(self, tokens: torch.Tensor, cond: STPTCondition | None = None) -> torch.Tensor:
+        """tokens int (B, N, h, w) in [0, codebook_size] -> logits float (B, N, h, w, codebook_size)."""
+        self._check_tokens(tokens)
+        batch, frames, height, width = tokens.shape
+        cond = STPTCondition() if cond is None else cond
+        cond.check(batch, frames, self.config.text_dim, self.config.action_dim)
+        stride = self.config.patch_stride
+        frame_mask = video = None
+        if cond.is_image is not None:
+            frame_mask = image_attention_mask(cond.is_image, frames, (height // stride) * (width // stride))
+            video = ~cond.is_image
+        prompt = self.prompt(cond, batch, frames)
+
+        x = self.embed(tokens) + self.positions(frames, height, width)
+        num_skips, skips = len(self.skip_projs), []
+        for index, block in enumerate(self.blocks):
+            if index >= len(self.blocks) - num_skips:
+                x = self.skip_projs[len(self.blocks) - 1 - index](torch.cat([x, skips.pop()], dim=-1))
+            if self.config.activation_checkpointing and self.training and torch.is_grad_enabled():
+                x = checkpoint(block, x, prompt, frame_mask, video, use_reentrant=False)
+            else:
+                x = block(x, prompt, frame_mask, video)
+            if index < num_skips:
+                skips.append(x)
+        return self.head(self.norm(x))
+
+    def _check_tokens(self, tokens: torch.Tensor) -> None:
+        if tokens.ndim != 4:
+            raise ValueError(f"tokens must be (B, N, h, w), got shape {tuple(tokens.shape)}")
+        if tokens.dtype not in (torch.int64, torch.int32):
+            raise ValueError(f"tokens must be int64, got {tokens.dtype}")
+        stride = self.config.patch_stride
+        if tokens.shape[2] % stride or tokens.shape[3] % stride:
+            raise ValueError(f"token grid h x w = {tokens.shape[2]} x {tokens.shape[3]} is not divisible by "
+                             f"patch_stride {stride}")
+        if tokens.numel() and bool(((tokens < 0) | (tokens > self.config.codebook_size)).any()):
+            raise ValueError(f"token ids must lie in [0, {self.config.codebook_size}] (the last is [MASK])")
+
+    def save_pretrained(self, directory: str | os.PathLike) -> None:
+        """Write `config.json` and `model.safetensors` into `directory`, each atomically."""
+        directory = Path(directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        state = {name: tensor.detach().contiguous().cpu() for name, tensor in self.state_dict().items()}
+        _atomic_write(directory / WEIGHTS_NAME, lambda path: save_file(state, path))
+        config_text = json.dumps(self.config.to_dict(), indent=2)
+        _atomic_write(directory / CONFIG_NAME, lambda path: Path(path).write_text(config_text))
+
+    @classmethod
+    def from_pretrained(cls, directory: str | os.PathLike, device: str | torch.device = "cpu") -> STPT:
+        """Load a model written by `save_pretrained`."""
+        directory = Path(directory)
+        config = STPTConfig.from_dict(json.loads((directory / CONFIG_NAME).read_text()))
+        with torch.device("meta"):  # skip the random init that the weights overwrite anyway
+            model = cls(config)
+        model.load_state_dict(load_file(directory / WEIGHTS_NAME, device=str(device)), assign=True)
+        return model
+
+
+def _init_weights(module: nn.Module) -> None:
+    if isinstance(module, (nn.Linear, nn.Embedding)):
+        nn.init.trunc_normal_(module.weight, std=0.02)
+    if isinstance(module, nn.Linear) and module.bias is not None:
+        nn.init.zeros_(module.bias)
+
+
+def _atomic_write(path: Path, write: Callable[[str], object]) -> None:
+    """Call write(temp_path) on a temporary file next to `path`, then rename it into place."""
+    handle, temp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    os.close(handle)
+    try:
+        write(temp)
+        os.replace(temp, path)
+    except BaseException:
+        os.unlink(temp)
+        raise

@@ -1,0 +1,69 @@
+"""Bad input raises a clear ValueError naming the problem."""
+
+import pytest
+import torch
+
+from wd_stpt import STPT, STPTCondition, STPTConfig, get_config
+
+
+@pytest.fixture
+def model(make_model):
+    return make_model()
+
+
+@pytest.mark.parametrize(
+    ("tokens", "match"),
+    [
+        (torch.zeros(1, 2, 3, 4, dtype=torch.long), "not divisible by patch_stride"),
+        (torch.zeros(1, 2, 4, 5, dtype=torch.long), "not divisible by patch_stride"),
+        (torch.full((1, 2, 4, 4), 17), r"must lie in \[0, 16\]"),
+        (torch.full((1, 2, 4, 4), -1), r"must lie in \[0, 16\]"),
+        (torch.zeros(2, 4, 4, dtype=torch.long), r"must be \(B, N, h, w\)"),
+        (torch.zeros(1, 2, 4, 4), "must be int64"),
+    ],
+)
+def test_bad_tokens(model, tokens, match):
+    with pytest.raises(ValueError, match=match):
+        model(tokens)
+
+
+@pytest.mark.parametrize(
+    ("field", "value", "match"),
+    [
+        ("text", torch.zeros(1, 3, 12), "text must be"),  # batch 1 != 2
+        ("text", torch.zeros(2, 3, 11), "text must be"),  # text dim
+        ("text_mask", torch.ones(2, 3, dtype=torch.bool), "text_mask given without text"),
+        ("actions", torch.zeros(2, 3, 3), "actions must be"),  # 3 frames != 2
+        ("actions", torch.zeros(2, 2, 2), "actions must be"),  # action dim
+        ("is_image", torch.zeros(2), "is_image must be bool"),
+        ("drop_prompt", torch.zeros(3, dtype=torch.bool), "drop_prompt must be bool"),
+    ],
+)
+def test_bad_condition(model, field, value, match):
+    with pytest.raises(ValueError, match=match):
+        model(torch.zeros(2, 2, 4, 4, dtype=torch.long), STPTCondition(**{field: value}))
+
+
+def test_bad_text_mask(model):
+    cond = STPTCondition(text=torch.zeros(2, 3, 12), text_mask=torch.ones(2, 4, dtype=torch.bool))
+    with pytest.raises(ValueError, match="text_mask must be bool"):
+        model(torch.zeros(2, 2, 4, 4, dtype=torch.long), cond)
+
+
+def test_bad_config():
+    with pytest.raises(ValueError, match="not divisible by num_heads"):
+        STPTConfig(width=30, num_heads=4)
+    with pytest.raises(ValueError, match="conv must be one of"):
+        get_config("tiny", conv="2d")
+    with pytest.raises(ValueError, match="unknown STPT preset"):
+        get_config("huge")
+    with pytest.raises(ValueError, match="unknown STPTConfig fields"):
+        STPTConfig.from_dict({"width": 8, "colour": 1})
+
+
+def test_presets(make_config):
+    assert STPT(get_config("tiny")).config.codebook_size == 8192
+    assert get_config("base").width == 512 and get_config("base").depth == 8
+    with torch.device("meta"):
+        count = sum(p.numel() for p in STPT(get_config("paper-1b")).parameters())
+    assert 0.9e9 < count < 1.2e9
