@@ -1,0 +1,230 @@
+"""VQGAN tokenizer: `VQGANConfig`, the `VQGAN` module with its frame/video API, and the named presets.
+
+Pixel convention: every public method takes and returns pixels in [0, 1] (float (B, 3, H, W)) or uint8
+(N, H, W, 3) videos. `VQGAN.to_model_range` / `from_model_range` are the one place where pixels are mapped
+to what the network sees: [-1, 1] when `config.pixel_range == "signed"` (our trained presets, as taming),
+unchanged for "unit" (open-muse and aMUSEd checkpoints take [0, 1] directly).
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal, NamedTuple
+
+import torch
+from einops import rearrange
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from wd_tokenizer.io import atomic_write_text, atomic_writer
+from wd_tokenizer.modules import Decoder, Encoder
+from wd_tokenizer.quantizers import build_quantizer
+
+
+@dataclass
+class VQGANConfig:
+    """Architecture and quantizer of a VQGAN; field names follow open-muse's config where they overlap."""
+
+    hidden_channels: int = 128
+    channel_mult: list[int] = field(default_factory=lambda: [1, 2, 2, 4, 6])
+    num_res_blocks: int = 2
+    resolution: int = 256  # nominal input size; only used to place `attn_resolutions`
+    attn_resolutions: list[int] = field(default_factory=list)
+    no_attn_mid_block: bool = True
+    z_channels: int = 64
+    embed_dim: int = 64
+    num_embeddings: int = 8192
+    norm_groups: int = 32
+    dropout: float = 0.0
+    pixel_range: Literal["unit", "signed"] = "unit"
+    quantizer: Literal["l2", "vq", "fsq", "lfq"] = "l2"
+    commitment_weight: float = 0.25
+    # vector-quantize-pytorch options ("vq"): a low-dimensional, cosine-similarity codebook initialised by
+    # k-means, EMA-updated and with dead codes re-seeded from the batch keeps most codes in use.
+    codebook_dim: int | None = None
+    use_cosine_sim: bool = False
+    kmeans_init: bool = False
+    threshold_ema_dead_code: float = 0.0
+    ema_decay: float = 0.8
+    fsq_levels: list[int] | None = None  # "fsq": the codebook size is their product (num_embeddings unused)
+
+    def __post_init__(self) -> None:
+        widths = [self.hidden_channels * m for m in self.channel_mult]
+        if not self.channel_mult or any(w % self.norm_groups for w in widths):
+            raise ValueError(f"every width {widths} must be a multiple of norm_groups={self.norm_groups}")
+        if self.pixel_range not in ("unit", "signed"):
+            raise ValueError(f"pixel_range must be 'unit' or 'signed', got {self.pixel_range!r}")
+
+    @property
+    def downsample_factor(self) -> int:
+        return 2 ** (len(self.channel_mult) - 1)
+
+
+class VQGANOutput(NamedTuple):
+    reconstruction: torch.Tensor  # float (B, 3, H, W) in [0, 1] scale, not clamped (losses see the raw output)
+    ids: torch.Tensor  # int64 (B, h, w)
+    quantizer_loss: torch.Tensor  # scalar
+
+
+class VQGAN(nn.Module):
+    """Frames <-> discrete tokens: float (B, 3, H, W) in [0, 1] <-> int64 (B, H/f, W/f)."""
+
+    def __init__(self, config: VQGANConfig) -> None:
+        super().__init__()
+        self.config = config
+        self.encoder = Encoder(config)
+        self.decoder = Decoder(config)
+        self.quant_conv = nn.Conv2d(config.z_channels, config.embed_dim, kernel_size=1)
+        self.quantize = build_quantizer(config)
+        self.post_quant_conv = nn.Conv2d(config.embed_dim, config.z_channels, kernel_size=1)
+
+    @property
+    def codebook_size(self) -> int:
+        return self.quantize.codebook_size
+
+    @property
+    def downsample_factor(self) -> int:
+        return self.config.downsample_factor
+
+    def to_model_range(self, pixels: torch.Tensor) -> torch.Tensor:
+        return pixels * 2.0 - 1.0 if self.config.pixel_range == "signed" else pixels
+
+    def from_model_range(self, pixels: torch.Tensor) -> torch.Tensor:
+        return (pixels + 1.0) / 2.0 if self.config.pixel_range == "signed" else pixels
+
+    def check_pixels(self, pixels: torch.Tensor) -> None:
+        if pixels.ndim != 4 or pixels.shape[1] != 3 or not pixels.is_floating_point():
+            raise ValueError(f"expected float pixels (B, 3, H, W), got {pixels.dtype} {tuple(pixels.shape)}")
+        height, width = pixels.shape[-2:]
+        f = self.downsample_factor
+        if height % f or width % f:
+            raise ValueError(f"height and width ({height}, {width}) must be divisible by the downsample factor {f}")
+
+    def latents(self, pixels: torch.Tensor) -> torch.Tensor:
+        """Pixels (B, 3, H, W) in [0, 1] -> pre-quantization latents (B, embed_dim, h, w)."""
+        self.check_pixels(pixels)
+        return self.quant_conv(self.encoder(self.to_model_range(pixels)))
+
+    def decode_latents(self, quantized: torch.Tensor) -> torch.Tensor:
+        """Quantized latents (B, embed_dim, h, w) -> unclamped pixels (B, 3, H, W) in [0, 1] scale."""
+        return self.from_model_range(self.decoder(self.post_quant_conv(quantized)))
+
+    def forward(self, pixels: torch.Tensor) -> VQGANOutput:
+        """Training pass: pixels (B, 3, H, W) in [0, 1] -> reconstruction, ids and quantizer loss."""
+        quantized, ids, loss = self.quantize(self.latents(pixels))
+        return VQGANOutput(self.decode_latents(quantized), ids, loss)
+
+    @torch.no_grad()
+    def encode(self, pixels: torch.Tensor) -> torch.Tensor:
+        """Float (B, 3, H, W) in [0, 1] -> ids int64 (B, H/f, W/f)."""
+        _, ids, _ = self.quantize(self.latents(pixels))
+        return ids.long()
+
+    @torch.no_grad()
+    def decode(self, ids: torch.Tensor) -> torch.Tensor:
+        """Ids int64 (B, h, w) -> pixels float (B, 3, h*f, w*f) clamped to [0, 1]."""
+        if ids.ndim != 3 or ids.is_floating_point():
+            raise ValueError(f"expected integer ids (B, h, w), got {ids.dtype} {tuple(ids.shape)}")
+        if ids.numel() and (ids.min() < 0 or ids.max() >= self.codebook_size):
+            raise ValueError(f"ids must lie in [0, {self.codebook_size}); the [MASK] id cannot be decoded")
+        return self.decode_latents(self.quantize.codes(ids.long())).clamp(0.0, 1.0)
+
+    @torch.no_grad()
+    def encode_video(self, frames: torch.Tensor, chunk_size: int = 16) -> torch.Tensor:
+        """Uint8 (N, H, W, 3) video (numpy or torch) -> ids int64 (N, H/f, W/f), `chunk_size` frames at a time."""
+        frames = torch.as_tensor(frames)
+        if frames.dtype != torch.uint8 or frames.ndim != 4 or frames.shape[-1] != 3:
+            raise ValueError(f"expected uint8 frames (N, H, W, 3), got {frames.dtype} {tuple(frames.shape)}")
+        device, dtype = self.device_and_dtype()
+        chunks = [
+            self.encode(rearrange(chunk.to(device), "n h w c -> n c h w").to(dtype) / 255.0)
+            for chunk in frames.split(chunk_size)
+        ]
+        return torch.cat(chunks).cpu()
+
+    @torch.no_grad()
+    def decode_video(self, ids: torch.Tensor, chunk_size: int = 16) -> torch.Tensor:
+        """Ids (N, h, w) -> uint8 video (N, h*f, w*f, 3) on the CPU, `chunk_size` frames at a time."""
+        device, _ = self.device_and_dtype()
+        chunks = [
+            rearrange((self.decode(chunk.to(device)).float() * 255.0).round().to(torch.uint8), "n c h w -> n h w c")
+            for chunk in torch.as_tensor(ids).split(chunk_size)
+        ]
+        return torch.cat(chunks).cpu()
+
+    def device_and_dtype(self) -> tuple[torch.device, torch.dtype]:
+        weight = self.encoder.conv_in.weight
+        return weight.device, weight.dtype
+
+    def save_pretrained(self, directory: str | Path) -> None:
+        """Write `config.json` + `model.safetensors` (each atomically) into `directory`."""
+        directory = Path(directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(directory / "config.json", json.dumps(dataclasses.asdict(self.config), indent=2))
+        state = {name: tensor.detach().contiguous().cpu() for name, tensor in self.state_dict().items()}
+        with atomic_writer(directory / "model.safetensors") as tmp_path:
+            save_file(state, tmp_path)
+
+    @classmethod
+    def from_pretrained(cls, directory: str | Path, device: str | torch.device = "cpu") -> VQGAN:
+        """Load a directory written by `save_pretrained` (strict: every tensor must match)."""
+        directory = Path(directory)
+        config = config_from_dict(json.loads((directory / "config.json").read_text()))
+        model = cls(config)
+        load_state_dict_strict(model, load_file(directory / "model.safetensors", device=str(device)))
+        return model.to(device).eval()
+
+
+def config_from_dict(values: dict) -> VQGANConfig:
+    """`VQGANConfig` from a dict, refusing keys it does not know."""
+    known = {f.name for f in dataclasses.fields(VQGANConfig)}
+    unknown = sorted(set(values) - known)
+    if unknown:
+        raise ValueError(f"unknown VQGANConfig fields: {unknown}")
+    return VQGANConfig(**values)
+
+
+def load_state_dict_strict(model: nn.Module, state: dict[str, torch.Tensor]) -> None:
+    """Load `state` into `model`, raising one error that lists every missing, unexpected or mis-shaped key."""
+    expected = model.state_dict()
+    missing = sorted(set(expected) - set(state))
+    unexpected = sorted(set(state) - set(expected))
+    mis_shaped = sorted(
+        f"{k}: {tuple(state[k].shape)} != {tuple(expected[k].shape)}"
+        for k in set(state) & set(expected)
+        if state[k].shape != expected[k].shape
+    )
+    if missing or unexpected or mis_shaped:
+        raise KeyError(f"checkpoint does not match the model: missing {missing}, unexpected {unexpected}, "
+                       f"wrong shape {mis_shaped}")
+    model.load_state_dict(state, strict=True)
+
+
+# FSQ for the small presets: on synthetic shapes a VectorQuantize codebook (cosine, dim 8, k-means, dead-code
+# re-seeding) collapsed to a few codes within a few hundred steps while FSQ kept reconstructing (see benchmarks).
+SMALL = dict(
+    hidden_channels=32, num_res_blocks=1, z_channels=32, embed_dim=32, num_embeddings=1000, norm_groups=8,
+    pixel_range="signed", quantizer="fsq", fsq_levels=[8, 5, 5, 5],
+)
+
+PRESETS: dict[str, VQGANConfig] = {
+    # open-muse `vqgan-f16-8192-laion`, the tokenizer of aMUSEd and WorldDreamer (~146M parameters).
+    "open-muse-f16-8192": VQGANConfig(
+        hidden_channels=128, channel_mult=[1, 2, 2, 4, 6], num_res_blocks=2, attn_resolutions=[],
+        no_attn_mid_block=True, z_channels=64, embed_dim=64, num_embeddings=8192, pixel_range="unit", quantizer="l2",
+    ),
+    # CPU-sized tokenizers to train from scratch (1000 FSQ codes).
+    "f16-small": VQGANConfig(channel_mult=[1, 1, 2, 2, 4], **SMALL),
+    "f8-small": VQGANConfig(channel_mult=[1, 2, 2, 4], **SMALL),
+}
+
+
+def get_config(name: str, **overrides: object) -> VQGANConfig:
+    """A copy of preset `name` with `overrides` applied to its fields."""
+    if name not in PRESETS:
+        raise ValueError(f"unknown preset {name!r}; choose one of {sorted(PRESETS)}")
+    return dataclasses.replace(copy.deepcopy(PRESETS[name]), **overrides)
