@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import shutil
 import subprocess
 import sys
@@ -63,10 +64,10 @@ def test_wheel_installs_alone_and_runs_a_forward_pass(wheel: Path, tmp_path: Pat
     locked = _run(UV, "export", "--package", "wd-stpt", "--frozen", "--no-hashes", "--no-emit-workspace", "--quiet")
     constraints.write_text(locked)
     _run(UV, "pip", "install", "--quiet", "--python", str(python), "-c", str(constraints), str(wheel))
+    # Lines read "name==version" or, for the local wheel, "name @ file:///...".
     installed = {
-        line.split("==")[0].lower().replace("_", "-")
+        re.split(r"==| @ ", line)[0].strip().lower().replace("_", "-")
         for line in _run(UV, "pip", "freeze", "--python", str(python)).splitlines()
-        if "==" in line
     }
     assert {"wd-stpt", "torch", "einops", "safetensors"} <= installed
     assert not installed & FORBIDDEN

@@ -38,12 +38,13 @@ def _parameter_count(module: torch.nn.Module) -> int:
 def collect_info() -> Info:
     """Gather versions, the default device, the active attention backend and preset sizes.
 
-    Models are built on the meta device, so even `paper-1b` costs no memory."""
+    STPTs are built on the meta device, so even `paper-1b` costs no memory; tokenizers are built for
+    real (their quantizers compute buffers at construction, and the largest has 146M parameters)."""
     device = "cuda" if torch.cuda.is_available() else "cpu"
     backend = "xformers" if xformers_usable(torch.device(device)) else "sdpa"
     with torch.device("meta"):
         stpt = {name: _parameter_count(wd_stpt.STPT(config)) for name, config in wd_stpt.PRESETS.items()}
-        tokenizer = {name: _parameter_count(wd_tokenizer.VQGAN(config)) for name, config in wd_tokenizer.PRESETS.items()}
+    tokenizer = {name: _parameter_count(wd_tokenizer.VQGAN(config)) for name, config in wd_tokenizer.PRESETS.items()}
     return Info({p: _version(p) for p in PACKAGES}, device, backend, stpt, tokenizer)
 
 
