@@ -3,7 +3,7 @@ the small preset trained briefly on synthetic shapes clips (held-out seeds), bes
 trivial baselines measured in the same run.
 
     uv run python benchmarks/bench_tokenizer.py            # ~4-5 minutes on a busy 2-core CPU
-    uv run python benchmarks/bench_tokenizer.py --train-steps 600   # the longer run in docs/benchmarks-tokenizer.md
+    uv run python benchmarks/bench_tokenizer.py --train-steps 600   # the longer run in docs/benchmarks.md
 """
 
 from __future__ import annotations
