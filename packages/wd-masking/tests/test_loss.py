@@ -1,3 +1,5 @@
+import math
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -20,6 +22,16 @@ def test_matches_cross_entropy_on_the_masked_positions():
         torch.tensor([[2.0, 0.0, -1.0], [1.0, 1.0, 3.0]]), torch.tensor([0, 1]), label_smoothing=0.1
     )
     assert torch.allclose(smoothed, expected)
+
+
+def test_label_smoothing_on_a_hand_example():
+    # p = [3/4, 1/4] on the masked position; smoothing 0.1 over K = 2 aims at q = [0.95, 0.05].
+    logits = torch.tensor([[[[[math.log(3.0), 0.0], [9.0, -9.0]]]]])
+    targets = torch.tensor([[[[0, 1]]]])
+    masked = torch.tensor([[[[True, False]]]])
+    loss, accuracy = masked_cross_entropy(logits, targets, masked, label_smoothing=0.1)
+    assert math.isclose(loss.item(), -(0.95 * math.log(0.75) + 0.05 * math.log(0.25)), rel_tol=1e-6)
+    assert accuracy.item() == 1.0
 
 
 @settings(max_examples=30, deadline=None)
@@ -48,6 +60,8 @@ def test_loss_refuses_bad_input():
         masked_cross_entropy(logits, targets, torch.zeros(1, 1, 2, 2, dtype=torch.bool))
     with pytest.raises(ValueError, match="expected logits"):
         masked_cross_entropy(logits, targets[0], torch.ones(1, 1, 2, 2, dtype=torch.bool))
+    with pytest.raises(ValueError, match="label_smoothing"):
+        masked_cross_entropy(logits, targets, torch.ones(1, 1, 2, 2, dtype=torch.bool), label_smoothing=1.5)
     with pytest.raises(ValueError, match="masked must be bool"):
         masked_cross_entropy(logits, targets, torch.ones(1, 1, 2, 2))
 

@@ -1,11 +1,20 @@
 import math
+from dataclasses import dataclass
 
 import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from wd_masking import SCHEDULES, SamplerConfig, image_to_video, sample, sample_training_mask, unknown_counts
+from wd_masking import (
+    SCHEDULES,
+    SamplerConfig,
+    image_to_video,
+    inpainting,
+    sample,
+    sample_training_mask,
+    unknown_counts,
+)
 
 FAST = settings(max_examples=25, deadline=None)
 
@@ -41,12 +50,19 @@ def test_sampler_invariants(
     assert result.tokens.shape == tokens.shape and result.tokens.dtype == torch.int64
     assert torch.equal(result.tokens[known], tokens[known])
     assert not (result.tokens == codebook_size).any()
-    assert len(model.batch_sizes) == steps
-    assert set(model.batch_sizes) == {shape[0] * (2 if guidance_scale > 0 else 1)}
+    initial = (~known).flatten(1).sum(1)
+    counts = unknown_counts(initial, steps, schedule)
+    # The network runs at every step that starts with a [MASK] somewhere in the batch, which is
+    # every step as soon as one sample has at least `steps` unknown tokens.
+    busy_steps = int((torch.cat([initial[None], counts[:-1]]).sum(1) > 0).sum())
+    assert len(model.batch_sizes) == busy_steps
+    if initial.max() >= steps:
+        assert busy_steps == steps
+    assert set(model.batch_sizes) <= {shape[0] * (2 if guidance_scale > 0 else 1)}
     for seen in model.tokens:
         assert torch.equal(seen[: shape[0]][known], tokens[known])
     left = torch.stack([(snapshot == codebook_size).flatten(1).sum(1) for snapshot in result.snapshots])
-    assert torch.equal(left, unknown_counts((~known).flatten(1).sum(1), steps, schedule))
+    assert torch.equal(left, counts)
     assert (left[1:] <= left[:-1]).all()
     for before, after in zip(result.snapshots, result.snapshots[1:], strict=False):
         decoded = before != codebook_size
@@ -198,7 +214,8 @@ def test_callback_sees_every_step(random_model):
 def test_invalid_inputs_are_refused(random_model):
     tokens, known = _problem(6, (1, 2, 3, 3), 5, 0.5)
     with pytest.raises(ValueError, match="needs uncond"):
-        sample(random_model(5), tokens, known, mask_id=5, config=SamplerConfig(guidance_scale=1.0))
+        sample(random_model(5), tokens, known, mask_id=5, cond=torch.ones(1),
+               config=SamplerConfig(guidance_scale=1.0))
     with pytest.raises(ValueError, match="known tokens"):
         sample(random_model(5), tokens.masked_fill(known, 5), known, mask_id=5)
     with pytest.raises(ValueError, match="known must be bool"):
@@ -228,3 +245,135 @@ def test_sampler_and_masks_run_on_cuda():
                     uncond=torch.zeros(2, device="cuda"), config=config, generator=generator)
     assert result.tokens.is_cuda and not (result.tokens == 32).any()
     assert torch.equal(result.tokens[:, 0], tokens[:, 0])
+
+
+def test_nothing_unknown_returns_the_tokens_without_running_the_network(random_model):
+    tokens = torch.randint(0, 5, (2, 2, 3, 3), generator=torch.Generator().manual_seed(7))
+    model, steps_seen = random_model(5), []
+    result = sample(model, tokens, torch.ones_like(tokens, dtype=torch.bool), mask_id=5,
+                    config=SamplerConfig(steps=4), return_snapshots=True,
+                    callback=lambda step, current: steps_seen.append(step))
+    assert model.batch_sizes == [] and steps_seen == [0, 1, 2, 3]
+    assert torch.equal(result.tokens, tokens) and all(torch.equal(s, tokens) for s in result.snapshots)
+
+
+def test_each_sample_follows_its_own_schedule_with_more_steps_than_tokens(random_model):
+    # Inpainting regions of 1, 4 and 20 tokens in one batch, decoded in 10 steps.
+    region = torch.zeros(3, 2, 4, 4, dtype=torch.bool)
+    region[0, 0, 0, 0] = True
+    region[1, 1, :2, :2] = True
+    region[2, :, :, :2] = True
+    region[2, 0, :, 2] = True
+    video = torch.randint(0, 6, (3, 2, 4, 4), generator=torch.Generator().manual_seed(8))
+    tokens, known = inpainting(video, region, mask_id=6)
+    model = random_model(6)
+    result = sample(model, tokens, known, mask_id=6, config=SamplerConfig(steps=10),
+                    generator=torch.Generator().manual_seed(0), return_snapshots=True)
+    left = torch.stack([(snapshot == 6).flatten(1).sum(1) for snapshot in result.snapshots]).T.tolist()
+    assert left[0] == [0] * 10
+    assert left[1] == [3, 2, 1] + [0] * 7  # cosine: round(cos(pi/20 (t+1)) 4) = 4, 4, 4, 3, ... lowered
+    assert left[2] == unknown_counts(torch.tensor([20]), 10)[:, 0].tolist()
+    assert len(model.batch_sizes) == 10
+    assert torch.equal(result.tokens[known], video[known]) and not (result.tokens == 6).any()
+
+
+def test_a_large_batch_decodes_each_sample_as_if_alone(table_model):
+    generator = torch.Generator().manual_seed(9)
+    shape = (16, 2, 3, 4)
+    logits = torch.randn(*shape, 7, generator=generator)
+    known = torch.rand(shape, generator=generator) < torch.linspace(0, 1, 16).view(16, 1, 1, 1)
+    tokens = torch.randint(0, 7, shape, generator=generator)
+    config = SamplerConfig(steps=5, temperature=0.0, choice_temperature=0.0)
+    batch = sample(table_model(logits), tokens, known, mask_id=7, config=config, return_snapshots=True)
+    for index in range(16):
+        alone = sample(table_model(logits[index : index + 1]), tokens[index : index + 1],
+                       known[index : index + 1], mask_id=7, config=config, return_snapshots=True)
+        for together, single in zip(batch.snapshots, alone.snapshots, strict=True):
+            assert torch.equal(together[index : index + 1], single)
+
+
+@dataclass
+class Flags:
+    """A condition object with concat(), standing in for wd_stpt.STPTCondition."""
+
+    flags: torch.Tensor
+
+    def concat(self, other: "Flags") -> "Flags":
+        return Flags(torch.cat([self.flags, other.flags]))
+
+
+def test_guidance_batches_a_condition_object_into_one_call(table_model):
+    generator = torch.Generator().manual_seed(10)
+    conditional, unconditional = torch.randn(2, 1, 2, 2, 3, 5, generator=generator).unbind(0)
+    table = table_model(conditional.expand(2, -1, -1, -1, -1), unconditional.expand(2, -1, -1, -1, -1))
+    seen: list[Flags] = []
+
+    def model_fn(tokens, cond):
+        seen.append(cond)
+        return table(tokens, cond.flags)
+
+    tokens, known = _problem(10, (2, 2, 2, 3), 5, 0.0)
+    config = SamplerConfig(steps=3, guidance_scale=2.0, temperature=0.0, choice_temperature=0.0)
+    result = sample(model_fn, tokens, known, mask_id=5, cond=Flags(torch.ones(2)),
+                    uncond=Flags(torch.zeros(2)), config=config)
+    assert len(seen) == 3
+    assert all(torch.equal(cond.flags, torch.tensor([1.0, 1.0, 0.0, 0.0])) for cond in seen)
+    assert torch.equal(result.tokens, (3 * conditional - 2 * unconditional).argmax(-1).expand(2, -1, -1, -1))
+
+
+@pytest.mark.parametrize("guidance_scale", [0.0, 2.0])
+def test_no_condition_reaches_the_network_as_none(guidance_scale):
+    # cond = None is the null prompt for every sample; its unconditional twin is None too.
+    seen = []
+
+    def model_fn(tokens, cond):
+        seen.append((tokens.shape[0], cond))
+        return torch.zeros(*tokens.shape, 3)
+
+    tokens, known = _problem(11, (1, 1, 2, 2), 3, 0.0)
+    config = SamplerConfig(steps=2, guidance_scale=guidance_scale)
+    result = sample(model_fn, tokens, known, mask_id=3, config=config)
+    assert seen == [(2 if guidance_scale > 0 else 1, None)] * 2 and not (result.tokens == 3).any()
+
+
+LOG_PROBS = torch.tensor([0.5, 0.3, 0.15, 0.05]).log()
+ROOTS = [0.5**0.5, 0.3**0.5, 0.15**0.5]  # unnormalised probabilities at temperature 2
+
+
+@pytest.mark.parametrize(
+    ("temperature", "top_k", "top_p", "expected"),
+    [
+        (1.0, None, 0.6, [0.625, 0.375, 0.0, 0.0]),  # 0.5 < 0.6 before token 1, 0.8 >= 0.6 before token 2
+        (1.0, None, 0.85, [0.5 / 0.95, 0.3 / 0.95, 0.15 / 0.95, 0.0]),
+        (1.0, 3, None, [0.5 / 0.95, 0.3 / 0.95, 0.15 / 0.95, 0.0]),
+        (1.0, 2, 0.6, [1.0, 0.0, 0.0, 0.0]),  # top-p on top-k's renormalised [0.625, 0.375]
+        (2.0, None, 0.7, [root / sum(ROOTS[:3]) for root in ROOTS[:3]] + [0.0]),
+    ],
+)
+def test_top_k_and_top_p_keep_the_hand_computed_tokens(table_model, temperature, top_k, top_p, expected):
+    # Top-p acts after the temperature: at 2 the probabilities flatten to [.379, .294, .208, .120],
+    # so token 2 (0.673 < 0.7 before it) stays, where at temperature 1 (0.8 before it) it would go.
+    model = table_model(LOG_PROBS.expand(1, 1, 100, 100, 4))
+    tokens, known = _problem(12, (1, 1, 100, 100), 4, 0.0)
+    config = SamplerConfig(steps=1, temperature=temperature, top_k=top_k, top_p=top_p)
+    generator = torch.Generator().manual_seed(0)
+    result = sample(model, tokens, known, mask_id=4, config=config, generator=generator)
+    frequencies = torch.bincount(result.tokens.flatten(), minlength=4) / result.tokens.numel()
+    assert torch.allclose(frequencies, torch.tensor(expected), atol=0.02)
+    assert (frequencies[torch.tensor(expected) == 0] == 0).all()
+
+
+def test_float64_default_dtype_is_not_an_issue(random_model):
+    tokens, known = _problem(13, (1, 2, 3, 3), 5, 0.3)
+    previous = torch.get_default_dtype()
+    torch.set_default_dtype(torch.float64)
+    try:
+        result = sample(lambda batch, cond: torch.randn(*batch.shape, 5), tokens, known, mask_id=5)
+    finally:
+        torch.set_default_dtype(previous)
+    assert not (result.tokens == 5).any()
+
+
+def test_unknown_counts_refuses_zero_steps():
+    with pytest.raises(ValueError, match="steps must be >= 1"):
+        unknown_counts(torch.tensor([4]), 0)

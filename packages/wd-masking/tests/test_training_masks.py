@@ -35,7 +35,7 @@ def _is_box(spatial: torch.Tensor) -> bool:
 @settings(max_examples=40, deadline=None)
 @given(grid=GRIDS, seed=st.integers(0, 10_000), schedule=st.sampled_from(sorted(SCHEDULES)))
 def test_shared_mask_is_the_same_on_every_frame_and_masks_1_to_hw(grid, seed, schedule):
-    batch_size, num_frames, height, width = grid
+    _, _, height, width = grid
     mask = shared_frame_mask(*grid, schedule, _generator(seed))
     assert mask.shape == grid and mask.dtype == torch.bool
     assert torch.equal(mask, mask[:, :1].expand_as(mask))
@@ -111,6 +111,9 @@ def test_bad_settings_are_refused():
         MaskMixture(shared=-1)
     with pytest.raises(ValueError, match="weights"):
         MaskMixture(shared=0, prefix=0, box=0)
+    for weight in (float("nan"), float("inf")):
+        with pytest.raises(ValueError, match="finite"):
+            MaskMixture(prefix=weight)
     with pytest.raises(ValueError, match="unknown schedule"):
         MaskMixture(schedule="exp")
     with pytest.raises(ValueError, match=">= 1"):

@@ -26,6 +26,8 @@ def masked_cross_entropy(
             f"expected logits (*S, K), targets S and masked S; got logits {tuple(logits.shape)}, "
             f"targets {tuple(targets.shape)}, masked {tuple(masked.shape)}"
         )
+    if not 0.0 <= label_smoothing <= 1.0:
+        raise ValueError(f"label_smoothing must be in [0, 1], got {label_smoothing}")
     if masked.dtype != torch.bool:
         raise ValueError(f"masked must be bool, got {masked.dtype}")
     selected_logits = logits[masked]

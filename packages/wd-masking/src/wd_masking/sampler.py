@@ -58,6 +58,8 @@ def unknown_counts(initial_unknown: Tensor, steps: int, schedule: str = "cosine"
     round(schedule((t + 1) / T) * initial), lowered where needed so that each step decodes at
     least one token while any remain (MaskGIT's rule); 0 after the last step.
     """
+    if steps < 1:
+        raise ValueError(f"steps must be >= 1, got {steps}")
     ratios = torch.arange(1, steps + 1, dtype=torch.float64, device=initial_unknown.device) / steps
     planned = (get_schedule(schedule)(ratios)[:, None] * initial_unknown[None, :]).round().long()
     planned[-1] = 0
@@ -179,7 +181,7 @@ def _decode_step(
     if noise_scale > 0:
         gumbel = -torch.empty_like(confidence_drawn).exponential_(generator=generator).log_()
         confidence_drawn = confidence_drawn + noise_scale * gumbel
-    confidence = torch.full(unknown.shape, float("inf"), device=current.device)
+    confidence = torch.full(unknown.shape, float("inf"), device=current.device, dtype=confidence_drawn.dtype)
     confidence[rows] = confidence_drawn
     proposal = current.flatten().index_put((rows,), drawn).view_as(current)
     remask = lowest_k_mask(confidence.view(current.shape[0], -1), num_left).view_as(current)
@@ -204,13 +206,16 @@ def sample(
 
     tokens int64 (B, N, h, w) (values at unknown positions are ignored), known bool (B, N, h, w),
     mask_id = the network's codebook size K; model_fn(tokens, cond) -> logits (B, N, h, w, K).
-    With guidance_scale > 0, `uncond` is required and model_fn gets the batch of both branches,
-    conditions merged by concat_conditions. callback(step, tokens) runs after every step.
+    With guidance_scale > 0, `uncond` is required (None when cond is None: both branches are then
+    the null prompt) and model_fn gets the batch of both branches, conditions merged by
+    concat_conditions. callback(step, tokens) runs after every step. The
+    network runs once per step, except at steps where no [MASK] is left in the whole batch
+    (everything known, or more steps than unknown tokens): those skip it.
     """
     config = config or SamplerConfig()
     _validate(tokens, known, mask_id)
     if config.guidance_scale > 0:
-        if uncond is None:
+        if uncond is None and cond is not None:
             raise ValueError("guidance_scale > 0 needs uncond, the unconditional twin of cond")
         cond = concat_conditions(cond, uncond)
     initial_unknown = (~known).flatten(1).sum(dim=1)
@@ -220,13 +225,18 @@ def sample(
     model_batch = current.shape[0] * (2 if config.guidance_scale > 0 else 1)
     expected = (model_batch, *current.shape[1:], mask_id)
     # Reused every step (M only shrinks): fresh (M, K) allocations cost page faults worth passes.
-    scratch = torch.empty(2, int(initial_unknown.sum()), mask_id, device=current.device)
+    scratch = torch.empty(
+        2, int(initial_unknown.sum()), mask_id, device=current.device, dtype=torch.float32
+    )
+    # [MASK] tokens in the batch before each step; a step with none has nothing to decode.
+    left_before = torch.cat([initial_unknown[None], counts[:-1]]).sum(dim=1).tolist()
     for step in range(config.steps):
-        logits = model_fn(current.repeat(2, 1, 1, 1) if config.guidance_scale > 0 else current, cond)
-        if tuple(logits.shape) != expected:
-            raise ValueError(f"model_fn returned logits {tuple(logits.shape)}, expected {expected}")
-        progress = (step + 1) / config.steps
-        current = _decode_step(current, logits, counts[step], progress, config, scratch, generator)
+        if left_before[step] > 0:
+            logits = model_fn(current.repeat(2, 1, 1, 1) if config.guidance_scale > 0 else current, cond)
+            if tuple(logits.shape) != expected:
+                raise ValueError(f"model_fn returned logits {tuple(logits.shape)}, expected {expected}")
+            progress = (step + 1) / config.steps
+            current = _decode_step(current, logits, counts[step], progress, config, scratch, generator)
         if snapshots is not None:
             snapshots.append(current.clone())
         if callback is not None:

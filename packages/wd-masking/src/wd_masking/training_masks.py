@@ -4,6 +4,7 @@ Masks are bool (B, N, h, w) with True = replaced by [MASK] and predicted. Note t
 polarity of the sampler's `known` mask (True = given).
 """
 
+import math
 from dataclasses import dataclass
 
 import torch
@@ -30,8 +31,8 @@ class MaskMixture:
 
     def __post_init__(self) -> None:
         weights = (self.shared, self.prefix, self.box)
-        if min(weights) < 0 or sum(weights) <= 0:
-            raise ValueError(f"mixture weights must be >= 0 with a positive sum, got {weights}")
+        if not all(math.isfinite(weight) and weight >= 0 for weight in weights) or sum(weights) <= 0:
+            raise ValueError(f"mixture weights must be finite and >= 0 with a positive sum, got {weights}")
         get_schedule(self.schedule)
 
     @classmethod
