@@ -59,3 +59,11 @@ def test_short_scenes_are_dropped(tmp_path):
     (clip,) = curate_videos([source], tmp_path / "out", CurationConfig(min_scene_seconds=2.0))
     assert not clip.kept and "shorter" in clip.reason
     assert (tmp_path / "out" / "manifest.jsonl").read_text() == ""
+
+
+@pytest.mark.parametrize(
+    "kwargs", [{"keyframe_percentiles": (-5.0, 50.0)}, {"keyframe_percentiles": ()}, {"flow_pairs": 0}, {"fps": 0}]
+)
+def test_bad_config_raises_value_error(kwargs):
+    with pytest.raises(ValueError, match="keyframe_percentiles|flow_pairs|fps"):
+        CurationConfig(**kwargs)

@@ -114,3 +114,18 @@ def test_shards_split_across_dataloader_workers(shards):
     # Each worker reads one shard: 4 readable images -> 2 samples, 5 -> 2 samples (1 left over).
     assert len(batches) == 4
     assert {batch["meta"][0]["worker"] for batch in batches} == {0, 1}
+
+
+def test_shards_with_nothing_decodable_raise_instead_of_an_empty_epoch(tmp_path):
+    write_shard(tmp_path / "bad.tar", [(f"{key}.jpg", b"garbage") for key in ("a", "b", "c")])
+    (tmp_path / "not_a_tar.tar").write_bytes(b"\x00" * 10)
+    for source in (str(tmp_path / "bad.tar"), str(tmp_path / "not_a_tar.tar")):
+        dataset = ImageTextShards(ImageTextConfig(source, num_frames=2, size=8))
+        with pytest.raises(RuntimeError, match="nothing decodable"):
+            list(dataset)
+
+
+@pytest.mark.parametrize("overrides", [{"num_frames": 0}, {"shuffle_buffer": 0}])
+def test_bad_counts_are_rejected(image_folder, overrides):
+    with pytest.raises(ValueError, match=next(iter(overrides))):
+        ImageTextConfig(image_folder, **overrides)

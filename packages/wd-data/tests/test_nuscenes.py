@@ -233,3 +233,17 @@ def test_unknown_split_and_camera_are_rejected(dataroot):
         NuScenesDataset(NuScenesConfig(dataroot, version=VERSION, split="nope"))
     with pytest.raises(ValueError, match="CAM_LEFT"):
         NuScenesDataset(config(dataroot, camera="CAM_LEFT"))
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [({"num_frames": 0}, "num_frames"), ({"frame_interval": 0}, "frame_interval"), ({"clip_stride": 0}, "clip_stride")],
+)
+def test_bad_counts_are_rejected(dataroot, overrides, message):
+    with pytest.raises(ValueError, match=message):
+        config(dataroot, **overrides)
+
+
+def test_no_clip_long_enough_is_a_clear_error(dataroot):
+    with pytest.raises(ValueError, match="no scene of split None has 6 CAM_FRONT frames"):
+        NuScenesDataset(config(dataroot, num_frames=6))

@@ -235,4 +235,6 @@ def test_evaluation_seeds_never_overlap_training_seeds_and_bad_input_is_refused(
         ShapesConfig(max_shapes=len(PALETTE) + 1)
     with pytest.raises(ValueError, match="horizon"):
         DriveConfig(horizon=0.95)
+    with pytest.raises(ValueError, match="fps"):
+        DriveConfig(fps=0)
     assert set(KINDS) == {"circle", "square", "triangle"}

@@ -219,3 +219,19 @@ def test_parallel_writer_and_loader_workers_see_the_same_data(tmp_path):
     tokens = torch.cat([batch["tokens"] for batch in batches])
     assert torch.equal(tokens, torch.stack([sample["frames"][:, ::4, ::4, 0].long() * 257 for sample in samples]))
     assert [caption for batch in batches for caption in batch["caption"]] == [s["caption"] for s in samples]
+
+
+def test_iterable_datasets_are_refused_with_a_clear_error(tmp_path):
+    class Stream(torch.utils.data.IterableDataset):
+        def __iter__(self):
+            return iter(make_samples())
+
+    with pytest.raises(ValueError, match="map-style dataset"):
+        write_token_cache(Stream(), CountingEncoder(), tmp_path, progress=False)
+
+
+def test_editing_a_samples_meta_does_not_change_the_cache(tmp_path):
+    write_token_cache(make_samples(), CountingEncoder(), tmp_path, samples_per_shard=SHARD, progress=False)
+    cache = TokenCacheDataset(tmp_path)
+    cache[1]["meta"]["seed"] = -1
+    assert cache[1]["meta"]["seed"] == 1

@@ -45,6 +45,16 @@ def test_clip_past_the_end_raises(index_video):
 
 
 @pytest.mark.parametrize(
+    "kwargs",
+    [{"num_frames": 33}, {"num_frames": 1, "start": 3.3}, {"num_frames": 2, "start": 100.0}],
+    ids=["more_frames_than_the_video", "start_past_the_last_frame", "start_far_beyond_the_end"],
+)
+def test_clip_beyond_the_video_raises_a_clear_error(index_video, kwargs):
+    with pytest.raises(MediaReadError, match=r"video ends at 3\.200 s; the clip needs a frame at"):
+        read_video(index_video, **kwargs)
+
+
+@pytest.mark.parametrize(
     ("fps", "expected"), [(20, [4, 4, 5, 5, 6, 6]), (5, [4, 6, 8, 10, 12, 14]), (4, [4, 6, 9, 11, 14, 16])]
 )
 def test_target_fps_resamples_by_time(index_video, frame_indices, fps, expected):
@@ -98,10 +108,16 @@ def test_probe_video(index_video):
         {"num_frames": 2, "frame_stride": 0},
         {"num_frames": 2, "size": (0, 4)},
         {"num_frames": 2, "size": 8, "crop": "top"},
+        {"num_frames": 2.5},
+        {"num_frames": 2, "frame_stride": 1.5},
+        {"num_frames": 2, "fps": float("nan")},
+        {"num_frames": 2, "start": float("nan")},
+        {"num_frames": 2, "size": (4, 4, 4)},
+        {"num_frames": 2, "size": 2.5},
     ],
 )
 def test_bad_arguments_raise_value_error(index_video, kwargs):
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="num_frames|frame_stride|fps|start|size|crop"):
         read_video(index_video, **kwargs)
 
 

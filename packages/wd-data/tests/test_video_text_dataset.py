@@ -77,3 +77,21 @@ def test_manifest_without_video_column_is_rejected(tmp_path):
     (tmp_path / "m.csv").write_text("caption\nhello\n")
     with pytest.raises(ValueError, match="row 1"):
         VideoTextDataset(VideoTextConfig(tmp_path / "m.csv"))
+
+
+def test_every_sample_corrupt_raises_instead_of_looping(tmp_path):
+    (tmp_path / "a.mp4").write_bytes(b"")
+    (tmp_path / "b.mp4").write_text("not a video")
+    (tmp_path / "m.csv").write_text("path,caption\na.mp4,a\nb.mp4,b\n")
+    dataset = VideoTextDataset(VideoTextConfig(tmp_path / "m.csv", num_frames=2, size=8))
+    with pytest.raises(RuntimeError, match="no readable sample in 2 of 2 indices from 1"):
+        dataset[1]
+    with pytest.raises(RuntimeError, match="no readable sample"):
+        list(DataLoader(dataset, batch_size=2, collate_fn=collate_samples))
+    assert dataset.num_skipped == 2 + 2
+
+
+@pytest.mark.parametrize("overrides", [{"num_frames": 0}, {"frame_stride": 0}])
+def test_bad_counts_are_rejected(tmp_path, overrides):
+    with pytest.raises(ValueError, match=next(iter(overrides))):
+        VideoTextConfig(tmp_path / "m.csv", **overrides)

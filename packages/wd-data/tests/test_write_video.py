@@ -1,5 +1,8 @@
 from __future__ import annotations
 
+import os
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
@@ -57,4 +60,35 @@ def test_accepts_torch_tensors_and_iterables(tmp_path):
 def test_bad_frames_raise_and_leave_no_file(tmp_path, frames):
     with pytest.raises(ValueError):
         write_video(tmp_path / "bad.mp4", frames, fps=5)
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("fps", [0, -1.0, float("nan"), float("inf")])
+def test_bad_fps_raises_value_error(tmp_path, fps):
+    with pytest.raises(ValueError, match="fps must be finite and > 0"):
+        write_video(tmp_path / "bad.mp4", moving_gradient(2, 8, 8), fps=fps)
+
+
+@pytest.mark.skipif(not Path("/proc/self/fd").is_dir(), reason="counts open files through /proc")
+@pytest.mark.parametrize("suffix", [".mp4", ".gif"])
+def test_failing_write_closes_its_files(tmp_path, suffix):
+    def frames_then_a_bad_one():
+        yield from moving_gradient(3, 16, 16)
+        yield np.zeros((16, 18, 3), np.uint8)
+
+    open_before = len(os.listdir("/proc/self/fd"))
+    for _ in range(3):
+        with pytest.raises(ValueError, match="one size"):
+            write_video(tmp_path / f"bad{suffix}", frames_then_a_bad_one(), fps=5)
+    assert len(os.listdir("/proc/self/fd")) == open_before
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize(
+    ("name", "message"),
+    [("clip.xyz", "to a '.xyz' file; use .mp4"), ("clip.png", "to a '.png' file; use .mp4"), ("clip", "suffix")],
+)
+def test_unsupported_suffix_names_the_problem_and_leaves_no_file(tmp_path, name, message):
+    with pytest.raises(ValueError, match=message):
+        write_video(tmp_path / name, moving_gradient(2, 8, 8), fps=5)
     assert list(tmp_path.iterdir()) == []

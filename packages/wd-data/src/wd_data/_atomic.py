@@ -9,6 +9,12 @@ from collections.abc import Iterator
 from pathlib import Path
 
 
+def fsync_file(path: str | os.PathLike) -> None:
+    """Flush a written file to disk, so that a rename after it cannot outlive its contents in a crash."""
+    with open(path, "rb") as handle:
+        os.fsync(handle.fileno())
+
+
 @contextlib.contextmanager
 def atomic_path(path: str | os.PathLike) -> Iterator[str]:
     """Yield a temporary path with the same suffix (writers pick formats by suffix); rename it to `path` on
@@ -19,6 +25,7 @@ def atomic_path(path: str | os.PathLike) -> Iterator[str]:
     os.close(handle)
     try:
         yield temporary
+        fsync_file(temporary)
         os.replace(temporary, path)
     finally:
         Path(temporary).unlink(missing_ok=True)

@@ -46,6 +46,15 @@ class CurationConfig:
     keyframe_percentiles: tuple[float, ...] = (10.0, 50.0, 90.0)  # the paper's caption keyframes
     fps: float | None = None  # fps of written clips; None: the source's
 
+    def __post_init__(self) -> None:
+        if not self.keyframe_percentiles or not all(0 <= p <= 100 for p in self.keyframe_percentiles):
+            raise ValueError(f"keyframe_percentiles must be in [0, 100], got {self.keyframe_percentiles}")
+        if self.flow_pairs < 1 or self.flow_short_side < 1:
+            found = f"{self.flow_pairs} and {self.flow_short_side}"
+            raise ValueError(f"flow_pairs and flow_short_side must be >= 1, got {found}")
+        if self.fps is not None and not self.fps > 0:
+            raise ValueError(f"fps must be > 0 or None, got {self.fps}")
+
 
 @dataclass
 class CuratedClip:
@@ -108,9 +117,10 @@ def _write_clip(source: Path, clip: CuratedClip, out_dir: Path, stem: str, confi
 
     def frames():
         for time, frame in iter_frames(source, clip.start, clip.end):
-            # The keyframe for time t is the frame on screen at t: the last one starting at or before it.
+            # The keyframe for time t is the frame on screen at t: the last one starting at or before it
+            # (the first frame, when t precedes it by a rounding error).
             for number, target in enumerate(wanted):
-                if time <= target:
+                if time <= target or number not in keyframes:
                     keyframes[number] = frame
             yield frame
 

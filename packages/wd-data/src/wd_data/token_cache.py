@@ -14,6 +14,7 @@ complete, and writing again into the same directory skips the listed shards and 
 from __future__ import annotations
 
 import bisect
+import copy
 import json
 import shutil
 from collections.abc import Callable, Sequence
@@ -22,10 +23,10 @@ from typing import Any
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, Dataset, Subset
+from torch.utils.data import DataLoader, Dataset, IterableDataset, Subset
 from tqdm.auto import tqdm
 
-from wd_data._atomic import atomic_path
+from wd_data._atomic import atomic_path, fsync_file
 
 FORMAT = "wd-token-cache"
 VERSION = 1
@@ -154,8 +155,10 @@ class _ShardWriter:
             _save_npy(folder / "actions.npy", np.stack(self.actions))
         if self.texts:
             _save_npy(folder / "text.npy", np.concatenate(self.texts))
-            _save_npy(folder / "text_offsets.npy", np.cumsum([0] + [len(text) for text in self.texts]))
+            _save_npy(folder / "text_offsets.npy", np.cumsum([0] + [len(text) for text in self.texts], dtype=np.int64))
         (folder / "samples.json").write_text(json.dumps(self.records, default=_json_default))
+        for written in folder.iterdir():
+            fsync_file(written)
 
 
 def write_token_cache(
@@ -178,6 +181,10 @@ def write_token_cache(
     """
     if samples_per_shard < 1:
         raise ValueError(f"samples_per_shard must be >= 1, got {samples_per_shard}")
+    if isinstance(dataset, IterableDataset):
+        # Resuming needs to know which samples a shard holds without replaying the stream.
+        kind = type(dataset).__name__
+        raise ValueError(f"write_token_cache needs a map-style dataset (len and indexing), got the iterable {kind}")
     cache_dir = Path(cache_dir)
     num_samples = len(dataset)
     metadata = json.loads(json.dumps(metadata or {}, default=_json_default))
@@ -318,7 +325,7 @@ class TokenCacheDataset(Dataset):
             "caption": record["caption"],
             "actions": None if shard.actions is None else torch.from_numpy(np.array(shard.actions[row])),
             "is_image": record["is_image"],
-            "meta": record["meta"],
+            "meta": copy.deepcopy(record["meta"]),  # callers may edit meta; the shard's records stay as read
         }
         if shard.text is not None:
             start, end = shard.text_offsets[row], shard.text_offsets[row + 1]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Literal
 
+import numpy as np
 import torch
 
 Crop = Literal["center", "random"]
@@ -13,10 +14,10 @@ def normalize_size(size: int | tuple[int, int] | None) -> tuple[int, int] | None
     """Turn an int (square) or an (H, W) pair into an (H, W) pair; None stays None (native size)."""
     if size is None:
         return None
-    height, width = (size, size) if isinstance(size, int) else tuple(size)
-    if height <= 0 or width <= 0:
-        raise ValueError(f"size must be positive, got {size!r}")
-    return int(height), int(width)
+    pair = (size, size) if isinstance(size, int | np.integer) else tuple(size) if isinstance(size, tuple | list) else ()
+    if len(pair) != 2 or not all(isinstance(side, int | np.integer) and side > 0 for side in pair):
+        raise ValueError(f"size must be a positive int or an (H, W) pair of positive ints, got {size!r}")
+    return int(pair[0]), int(pair[1])
 
 
 def resized_shape(source_hw: tuple[int, int], target_hw: tuple[int, int]) -> tuple[int, int]:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import itertools
+import math
 import os
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
@@ -173,14 +174,16 @@ def read_video(
     side covers `size` (int: square, or (H, W)) and cropped to it. Returns uint8 (N, H, W, 3).
     Raises MediaReadError for unreadable files and clips that run past the end of the video.
     """
-    if num_frames < 1:
-        raise ValueError(f"num_frames must be >= 1, got {num_frames}")
+    if not isinstance(num_frames, int | np.integer) or num_frames < 1:
+        raise ValueError(f"num_frames must be an int >= 1, got {num_frames!r}")
     if frame_stride is not None and fps is not None:
         raise ValueError("give frame_stride or fps, not both")
-    if (frame_stride is not None and frame_stride < 1) or (fps is not None and fps <= 0):
-        raise ValueError(f"frame_stride must be >= 1 and fps > 0, got frame_stride={frame_stride}, fps={fps}")
-    if start < 0:
-        raise ValueError(f"start must be >= 0 seconds, got {start}")
+    if frame_stride is not None and (not isinstance(frame_stride, int | np.integer) or frame_stride < 1):
+        raise ValueError(f"frame_stride must be an int >= 1, got {frame_stride!r}")
+    if fps is not None and not (math.isfinite(fps) and fps > 0):
+        raise ValueError(f"fps must be finite and > 0, got {fps}")
+    if not (math.isfinite(start) and start >= 0):
+        raise ValueError(f"start must be finite and >= 0 seconds, got {start}")
     convert = _FrameConverter(normalize_size(size), crop, generator)
     with _frames_from(path, start) as (stream, frames):
         if fps is None:
@@ -259,12 +262,20 @@ def _pad_to_even(frame: np.ndarray) -> np.ndarray:
 
 
 def _write_with_pyav(path: str, frames: Iterator[np.ndarray], fps: float) -> None:
-    with av.open(path, "w") as container:
+    unsupported = f"cannot write H.264/MPEG-4 video to a {Path(path).suffix!r} file; use .mp4, .mkv or .gif"
+    try:
+        container = av.open(path, "w")
+    except (ValueError, av.FFmpegError) as error:
+        raise ValueError(f"{unsupported} ({error})") from error
+    with container:
         stream = None
         for frame in frames:
             frame = _pad_to_even(frame)
             if stream is None:
-                stream = container.add_stream(_video_encoder(), rate=Fraction(fps).limit_denominator(1001))
+                try:
+                    stream = container.add_stream(_video_encoder(), rate=Fraction(fps).limit_denominator(1001))
+                except (ValueError, av.FFmpegError) as error:
+                    raise ValueError(f"{unsupported} ({error})") from error
                 stream.pix_fmt = "yuv420p"
                 stream.height, stream.width = frame.shape[:2]
             container.mux(stream.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")))
@@ -287,9 +298,12 @@ def write_video(path: str | os.PathLike, frames: np.ndarray | torch.Tensor | Ite
 
     Odd sizes are padded to even for 4:2:0 video; the file appears only once complete. Returns the path.
     """
-    if fps <= 0:
-        raise ValueError(f"fps must be > 0, got {fps}")
-    writer = _write_gif if Path(path).suffix.lower() == ".gif" else _write_with_pyav
+    if not (math.isfinite(fps) and fps > 0):
+        raise ValueError(f"fps must be finite and > 0, got {fps}")
+    suffix = Path(path).suffix.lower()
+    if not suffix:
+        raise ValueError(f"{path}: the file suffix picks the format; use .mp4, .mkv or .gif")
+    writer = _write_gif if suffix == ".gif" else _write_with_pyav
     with atomic_path(path) as temporary:
         writer(temporary, _as_frames(frames), fps)
     return Path(path)

@@ -25,6 +25,13 @@ class SkipCounter:
         logger.warning("skipping %s (%d skipped so far in this process): %s", what, self.num_skipped, error)
 
 
+def check_counts(**counts: int | None) -> None:
+    """Config counts (frames, strides, intervals) must be ints >= 1; None means "use the default"."""
+    for name, count in counts.items():
+        if count is not None and (not isinstance(count, int) or count < 1):
+            raise ValueError(f"{name} must be an int >= 1, got {count!r}")
+
+
 def sample_generator(*keys: int) -> torch.Generator:
     """A torch generator seeded from integer keys (seed, epoch, index): reproducible in any worker."""
     return torch.Generator().manual_seed(int(np.random.SeedSequence(list(keys)).generate_state(1)[0]))
@@ -53,7 +60,8 @@ class SkippingDataset(SkipCounter, Dataset, ABC):
     def __getitem__(self, index: int) -> dict[str, Any]:
         if not 0 <= index < len(self):
             raise IndexError(f"index {index} out of range for {len(self)} samples")
-        for attempt in range(min(len(self), self.max_attempts)):
+        attempts = min(len(self), self.max_attempts)
+        for attempt in range(attempts):
             candidate = (index + attempt) % len(self)
             try:
                 sample = self.load(candidate)
@@ -62,4 +70,6 @@ class SkippingDataset(SkipCounter, Dataset, ABC):
                 continue
             sample["meta"]["num_skipped"] = attempt
             return sample
-        raise RuntimeError(f"no readable sample in {self.max_attempts} indices from {index}; see the warnings above")
+        raise RuntimeError(
+            f"no readable sample in {attempts} of {len(self)} indices from {index}; see the warnings above"
+        )

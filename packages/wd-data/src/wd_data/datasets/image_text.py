@@ -13,7 +13,7 @@ import torch
 import webdataset as wds
 from torch.utils.data import IterableDataset, get_worker_info
 
-from wd_data.datasets.base import SkipCounter, SkippingDataset, sample_generator
+from wd_data.datasets.base import SkipCounter, SkippingDataset, check_counts, sample_generator
 from wd_data.errors import MediaReadError
 from wd_data.image_io import read_image
 from wd_data.transforms import Crop
@@ -34,6 +34,9 @@ class ImageTextConfig:
     # The N images share one text prompt, so their captions are joined in frame order.
     caption_separator: str = " | "
     shuffle_buffer: int = 1000  # tar shards only: samples held for shuffling
+
+    def __post_init__(self) -> None:
+        check_counts(num_frames=self.num_frames, shuffle_buffer=self.shuffle_buffer)
 
 
 def _image_sample(images: list[np.ndarray], captions: list[str], separator: str, meta: dict) -> dict[str, Any]:
@@ -131,6 +134,7 @@ class ImageTextShards(SkipCounter, IterableDataset):
             wds.shuffle(config.shuffle_buffer, seed=int(generator.initial_seed() % 2**31)),
         )
         images, captions, keys = [], [], []
+        num_read, skipped_before = 0, self.num_skipped
         for record in pipeline:
             image_key = next((ext[1:] for ext in IMAGE_EXTENSIONS if ext[1:] in record), None)
             try:
@@ -140,12 +144,17 @@ class ImageTextShards(SkipCounter, IterableDataset):
             except MediaReadError as error:
                 self._skip(f"image {record['__key__']}", error)
                 continue
+            num_read += 1
             captions.append(_record_caption(record))
             keys.append(record["__key__"])
             if len(images) == config.num_frames:
                 meta = {"keys": keys, "seed": config.seed, "epoch": self.epoch, "worker": worker_id}
                 yield _image_sample(images, captions, config.caption_separator, meta)
                 images, captions, keys = [], [], []
+        num_failed = self.num_skipped - skipped_before
+        if num_failed and not num_read:
+            # An empty pass would let a training loop spin through empty epochs forever.
+            raise RuntimeError(f"{self.urls}: nothing decodable, {num_failed} members skipped; see the warnings above")
 
 
 def _record_caption(record: dict[str, Any]) -> str:

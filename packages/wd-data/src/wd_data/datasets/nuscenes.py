@@ -11,7 +11,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from wd_data.datasets.base import SkippingDataset, sample_generator
+from wd_data.datasets.base import SkippingDataset, check_counts, sample_generator
 from wd_data.image_io import read_image
 from wd_data.transforms import Crop
 
@@ -36,6 +36,9 @@ class NuScenesConfig:
     seed: int = 0
     use_can_bus: bool | None = None  # None: use the CAN bus expansion when dataroot/can_bus exists
     captions: str | Path | None = None  # JSON object {scene name or token: caption}
+
+    def __post_init__(self) -> None:
+        check_counts(num_frames=self.num_frames, frame_interval=self.frame_interval, clip_stride=self.clip_stride)
 
 
 def _wrap_angle(angle: np.ndarray) -> np.ndarray:
@@ -127,6 +130,11 @@ class NuScenesDataset(SkippingDataset):
                         "action_source": source,
                     }
                 )
+        if not self.clips:
+            raise ValueError(
+                f"{dataroot}: no scene of split {config.split!r} has {config.num_frames} {config.camera} frames "
+                f"at interval {config.frame_interval}"
+            )
 
     def _scenes(self, nusc: Any) -> list[dict]:
         if self.config.split is None:

@@ -10,7 +10,7 @@ from typing import Any
 
 import torch
 
-from wd_data.datasets.base import SkippingDataset, sample_generator
+from wd_data.datasets.base import SkippingDataset, check_counts, sample_generator
 from wd_data.errors import MediaReadError
 from wd_data.transforms import Crop
 from wd_data.video_io import probe_video, read_video
@@ -30,6 +30,9 @@ class VideoTextConfig:
     crop: Crop = "center"
     seed: int = 0
     video_extension: str = ".mp4"  # for rows that give a videoid
+
+    def __post_init__(self) -> None:
+        check_counts(num_frames=self.num_frames, frame_stride=self.frame_stride)
 
 
 def read_manifest(path: str | Path) -> list[dict[str, str]]:

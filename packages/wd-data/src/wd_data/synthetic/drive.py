@@ -48,6 +48,8 @@ class DriveConfig:
 
     def __post_init__(self) -> None:
         check_clip_size("drive", self.height, self.width, self.num_frames)
+        if not self.fps > 0:
+            raise ValueError(f"fps must be > 0, got {self.fps}")
         if not 0 < self.fov_degrees < 180:
             raise ValueError(f"fov_degrees must be in (0, 180), got {self.fov_degrees}")
         if not 0.1 <= self.horizon <= 0.9:

@@ -38,7 +38,7 @@ class ShapesConfig:
     height: int = 64
     width: int = 64
     num_frames: int = 16
-    fps: float = 8.0
+    fps: float = 8.0  # playback rate of the clips (motion is set per frame, so it does not change them)
     min_shapes: int = 1
     max_shapes: int = 3
     min_size: float = 0.08  # shape half-extent r as a fraction of min(H, W), at least 2 px
