@@ -1,5 +1,9 @@
 """The attention backends agree; xformers falls back to SDPA with a warning instead of crashing."""
 
+import importlib
+import sys
+import types
+
 import pytest
 import torch
 from hypothesis import given, settings
@@ -68,3 +72,22 @@ def test_model_backends_agree(make_model, random_tokens):
     cond = STPTCondition(is_image=torch.tensor([True, False]), actions=torch.randn(2, 3, 3))
     sdpa, math = make_model(depth=3), make_model(depth=3, attention_backend="math")
     torch.testing.assert_close(math(tokens, cond), sdpa(tokens, cond), atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("failure", [ImportError, OSError, NotImplementedError, RuntimeError])
+def test_importable_but_broken_xformers_falls_back(monkeypatch, failure):
+    """xformers found and the device looks right, yet its kernel fails: warn and use SDPA, never crash."""
+    def broken(*args, **kwargs):
+        raise failure("built for another torch")
+
+    ops = types.ModuleType("xformers.ops")
+    ops.memory_efficient_attention = broken
+    monkeypatch.setitem(sys.modules, "xformers", types.ModuleType("xformers"))
+    monkeypatch.setitem(sys.modules, "xformers.ops", ops)
+    attention_module = importlib.import_module("wd_stpt.attention")  # the package re-exports the function
+    monkeypatch.setattr(attention_module, "xformers_usable", lambda device: True)
+    monkeypatch.setattr(attention_module, "_warned", set())
+    q, k, v, mask = _inputs(2, 2, 7, 5, 16, True, 3)
+    with pytest.warns(RuntimeWarning, match=f"xformers attention failed \\({failure.__name__}"):
+        out = attention(q, k, v, mask, backend="xformers")
+    assert torch.equal(out, attention(q, k, v, mask, backend="sdpa"))

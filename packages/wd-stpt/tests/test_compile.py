@@ -45,3 +45,24 @@ def test_activation_checkpointing_gives_the_same_gradients(make_config, random_t
         grads.append([p.grad for p in model.parameters()])
     for plain, checkpointed in zip(*grads):
         torch.testing.assert_close(plain, checkpointed)
+
+
+def test_activation_checkpointing_under_bf16_autocast(make_config, random_tokens, dims):
+    """The recomputed forward must run under the same autocast state, so gradients match exactly."""
+    text_dim, action_dim = dims
+    tokens = random_tokens(2, 2, 4, 4)
+    generator = torch.Generator().manual_seed(0)
+    cond = STPTCondition(text=torch.randn(2, 3, text_dim, generator=generator),
+                         actions=torch.randn(2, 2, action_dim, generator=generator),
+                         is_image=torch.tensor([True, False]))
+    grads = []
+    for checkpointing in (False, True):
+        torch.manual_seed(0)
+        model = STPT(make_config(depth=3, activation_checkpointing=checkpointing)).train()
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            logits = model(tokens, cond)
+        assert logits.dtype == torch.bfloat16
+        logits.float().square().mean().backward()
+        grads.append([p.grad for p in model.parameters()])
+    for plain, checkpointed in zip(*grads):
+        torch.testing.assert_close(plain, checkpointed, atol=0, rtol=0)

@@ -74,3 +74,24 @@ def test_concat_fills_missing_fields_and_pads_text(dims):
     assert STPTCondition().concat(STPTCondition()) == STPTCondition()
     with pytest.raises(ValueError, match="text/actions"):
         short.concat(STPTCondition(drop_prompt=torch.tensor([True])))
+
+
+@pytest.mark.parametrize("value", [float("nan"), float("inf"), 1e30])
+def test_non_finite_or_huge_masked_prompt_values_have_no_effect(setup, value):
+    """A zero attention weight does not cancel NaN/inf, and 1e30 overflows the LayerNorm: masked values
+    must never reach the arithmetic at all."""
+    model, tokens, text, text_mask, actions = setup
+    drop = torch.tensor([False, True])
+    expected = model(tokens, STPTCondition(text=text, text_mask=text_mask, actions=actions, drop_prompt=drop))
+    bad_text, bad_actions = text.clone(), actions.clone()
+    bad_text[0, 3:] = value  # padding of the kept sample
+    bad_text[1], bad_actions[1] = value, value  # everything of the dropped sample
+    out = model(tokens, STPTCondition(text=bad_text, text_mask=text_mask, actions=bad_actions, drop_prompt=drop))
+    assert torch.equal(out, expected)
+
+
+def test_prompts_of_another_float_dtype_are_accepted(setup):
+    model, tokens, text, text_mask, actions = setup
+    expected = model(tokens, STPTCondition(text=text, text_mask=text_mask, actions=actions))
+    out = model(tokens, STPTCondition(text=text.double(), text_mask=text_mask, actions=actions.double()))
+    torch.testing.assert_close(out, expected)

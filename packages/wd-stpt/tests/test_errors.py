@@ -59,6 +59,9 @@ def test_bad_config():
         get_config("huge")
     with pytest.raises(ValueError, match="unknown STPTConfig fields"):
         STPTConfig.from_dict({"width": 8, "colour": 1})
+    with pytest.raises(ValueError, match=r"unknown STPTConfig fields: \['widht'\]"):
+        get_config("tiny", widht=32)
+    assert STPTConfig.from_dict({"mlp_ratio": 2}).mlp_ratio == 2  # a JSON integer is a fine float
 
 
 def test_presets(make_config):
@@ -67,3 +70,43 @@ def test_presets(make_config):
     with torch.device("meta"):
         count = sum(p.numel() for p in STPT(get_config("paper-1b")).parameters())
     assert 0.9e9 < count < 1.2e9
+
+
+@pytest.mark.parametrize("shape", [(0, 2, 4, 4), (1, 0, 4, 4), (1, 2, 0, 4)])
+def test_empty_tokens(model, shape):
+    with pytest.raises(ValueError, match="must not be empty"):
+        model(torch.zeros(shape, dtype=torch.long))
+
+
+@pytest.mark.parametrize(
+    ("field", "value", "error", "match"),
+    [
+        ("text", torch.zeros(2, 3, 12, dtype=torch.long), ValueError, "text must be a float tensor"),
+        ("actions", torch.zeros(2, 2, 3, dtype=torch.long), ValueError, "actions must be a float tensor"),
+        ("is_image", [True, False], TypeError, "is_image must be a torch.Tensor"),
+    ],
+)
+def test_bad_condition_types(model, field, value, error, match):
+    with pytest.raises(error, match=match):
+        model(torch.zeros(2, 2, 4, 4, dtype=torch.long), STPTCondition(**{field: value}))
+
+
+def test_wrong_argument_types(model):
+    with pytest.raises(TypeError, match="cond must be an STPTCondition"):
+        model(torch.zeros(2, 2, 4, 4, dtype=torch.long), {"text": None})
+    with pytest.raises(TypeError, match="tokens must be a torch.Tensor"):
+        model([[[[0]]]])
+
+
+@pytest.mark.parametrize(
+    ("values", "match"),
+    [
+        ([1, 2], "must be a dict"),
+        ({"width": "64"}, "field width must be int"),
+        ({"depth": True}, "field depth must be int"),
+        ({"mlp_ratio": "4"}, "field mlp_ratio must be float"),
+    ],
+)
+def test_bad_config_dict(values, match):
+    with pytest.raises(TypeError, match=match):
+        STPTConfig.from_dict(values)

@@ -70,3 +70,14 @@ def test_all_image_batch_equals_per_frame_runs(make_model, random_tokens):
     batched = model(tokens, STPTCondition(is_image=torch.tensor([True])))
     single = torch.cat([model(tokens[:, [n]]) for n in range(3)], dim=1)
     torch.testing.assert_close(batched, single, atol=1e-5, rtol=1e-5)
+
+
+def test_all_video_flags_build_no_image_mask(make_model, random_tokens):
+    """is_image all False must cost nothing: no (B, 1, L, L) mask (SDPA keeps its fast path), no second conv."""
+    model = make_model(depth=2)
+    seen = []
+    model.blocks[0].register_forward_pre_hook(lambda module, args: seen.append((args[2], args[3])))
+    tokens = random_tokens(2, 3, 4, 4)
+    out = model(tokens, STPTCondition(is_image=torch.tensor([False, False])))
+    assert seen == [(None, None)]
+    assert torch.equal(out, model(tokens))

@@ -2,6 +2,7 @@
 
 import json
 
+import pytest
 import torch
 
 from wd_stpt import STPT, STPTCondition
@@ -29,3 +30,31 @@ def test_save_overwrites_in_place(tmp_path, make_model):
     loaded = STPT.from_pretrained(tmp_path)
     assert torch.equal(loaded.head.weight, second.head.weight)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["config.json", "model.safetensors"]
+
+
+def _edit_config(directory, **changes):
+    path = directory / "config.json"
+    path.write_text(json.dumps(json.loads(path.read_text()) | changes))
+
+
+@pytest.mark.parametrize(
+    ("damage", "error", "match"),
+    [
+        (lambda d: (d / "model.safetensors").unlink(), FileNotFoundError, "has no model.safetensors"),
+        (lambda d: (d / "config.json").unlink(), FileNotFoundError, "has no config.json"),
+        (lambda d: (d / "config.json").write_text("{width: 3"), ValueError, "config.json is not valid JSON"),
+        (lambda d: (d / "model.safetensors").write_bytes(b"garbage"), ValueError, "not a readable safetensors"),
+        (lambda d: _edit_config(d, colour=1), ValueError, r"config.json: unknown STPTConfig fields: \['colour'\]"),
+        (lambda d: _edit_config(d, width="32"), ValueError, "config.json: STPTConfig field width must be int"),
+        (lambda d: _edit_config(d, width=64), ValueError,
+         r"does not match its config.json: embed.weight is \(17, 32\), config.json needs \(17, 64\)"),
+        (lambda d: _edit_config(d, depth=3), ValueError, "does not match its config.json: missing blocks.2."),
+        (lambda d: _edit_config(d, depth=1), ValueError, "does not match its config.json: unexpected blocks.1."),
+    ],
+)
+def test_load_errors_name_the_problem(tmp_path, make_model, damage, error, match):
+    make_model().save_pretrained(tmp_path)
+    damage(tmp_path)
+    with pytest.raises(error, match=match) as caught:
+        STPT.from_pretrained(tmp_path)
+    assert "\n" not in str(caught.value) and str(caught.value).count(";") <= 2  # one line, at most 3 problems

@@ -55,7 +55,15 @@ class STPTCondition:
         return STPTCondition(**values)
 
     def check(self, batch: int, frames: int, text_dim: int, action_dim: int) -> None:
-        """Raise ValueError unless every field matches a (batch, frames) token grid and the model's dims."""
+        """Raise ValueError unless every field matches a (batch, frames) token grid and the model's dims
+        (TypeError for a field that is not a tensor)."""
+        for name, value in self._tensors().items():
+            if value is not None and not isinstance(value, torch.Tensor):
+                raise TypeError(f"STPTCondition.{name} must be a torch.Tensor or None, got {type(value).__name__}")
+        for name in ("text", "actions"):
+            value = getattr(self, name)
+            if value is not None and not value.is_floating_point():
+                raise ValueError(f"{name} must be a float tensor, got {value.dtype}")
         if self.text is not None:
             if self.text.ndim != 3 or self.text.shape[0] != batch or self.text.shape[2] != text_dim:
                 raise ValueError(f"text must be (B={batch}, L, {text_dim}), got {tuple(self.text.shape)}")
@@ -119,18 +127,21 @@ class PromptEmbedding(nn.Module):
 
     def forward(self, cond: STPTCondition, batch: int, frames: int) -> Prompt:
         """-> Prompt for a (batch, frames) grid; `cond` must already be checked."""
-        device = self.null.device
+        device, dtype = self.null.device, self.null.dtype
         keep = torch.ones(batch, dtype=torch.bool, device=device)
         if cond.drop_prompt is not None:
             keep = ~cond.drop_prompt
+        # Masked-out prompt values are zeroed before projection: a zero attention weight times an inf
+        # or NaN value is still NaN, and huge values overflow the LayerNorm, so only zeros are inert.
         shared, masks = [self.null.expand(batch, 1, -1)], []
         if cond.text is not None:
-            shared.append(self.text_proj(cond.text))
             text_mask = keep[:, None] if cond.text_mask is None else cond.text_mask & keep[:, None]
+            shared.append(self.text_proj(torch.where(text_mask[..., None], cond.text.to(dtype), 0.0)))
             masks.append(text_mask.expand(batch, cond.text.shape[1])[:, None].expand(batch, frames, -1))
         per_frame = None
         if cond.actions is not None:
-            per_frame = self.norm(self.action_mlp(cond.actions))[:, :, None]
+            actions = torch.where(keep[:, None, None], cond.actions.to(dtype), 0.0)
+            per_frame = self.norm(self.action_mlp(actions))[:, :, None]
             masks.append(keep[:, None, None].expand(batch, frames, 1))
         valid = torch.cat(masks, dim=2) if masks else torch.zeros(batch, frames, 0, dtype=torch.bool, device=device)
         null_valid = ~valid.any(dim=2, keepdim=True)

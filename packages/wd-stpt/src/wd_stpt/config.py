@@ -57,11 +57,26 @@ class STPTConfig:
 
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> STPTConfig:
-        """Inverse of `to_dict`; unknown keys are an error rather than silently dropped."""
-        unknown = set(values) - {field.name for field in dataclasses.fields(cls)}
-        if unknown:
-            raise ValueError(f"unknown STPTConfig fields: {sorted(unknown)}")
+        """Inverse of `to_dict`; unknown keys (ValueError) and values of the wrong type (TypeError) are
+        errors, not silently kept."""
+        if not isinstance(values, dict):
+            raise TypeError(f"an STPT config must be a dict of fields, got {type(values).__name__}")
+        _check_known(values)
+        fields = {field.name: field for field in dataclasses.fields(cls)}
+        for name, value in values.items():
+            expected = type(fields[name].default)
+            # bool is an int subclass (reject it for int fields); a JSON integer is a fine float.
+            allowed = (int, float) if expected is float else (expected,)
+            if not isinstance(value, allowed) or (isinstance(value, bool) and expected is not bool):
+                raise TypeError(f"STPTConfig field {name} must be {expected.__name__}, got {value!r}")
         return cls(**values)
+
+
+def _check_known(values: dict[str, Any]) -> None:
+    """Raise ValueError naming every key of `values` that is not an STPTConfig field."""
+    unknown = set(values) - {field.name for field in dataclasses.fields(STPTConfig)}
+    if unknown:
+        raise ValueError(f"unknown STPTConfig fields: {sorted(map(str, unknown))}")
 
 
 PRESETS: dict[str, STPTConfig] = {
@@ -79,4 +94,5 @@ def get_config(name: str, **overrides: Any) -> STPTConfig:
     """The preset `name` with `overrides` applied to its fields."""
     if name not in PRESETS:
         raise ValueError(f"unknown STPT preset {name!r}; choose one of {sorted(PRESETS)}")
+    _check_known(overrides)
     return dataclasses.replace(PRESETS[name], **overrides)

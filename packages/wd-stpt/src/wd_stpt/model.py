@@ -9,6 +9,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import torch
+from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import nn
 from torch.utils.checkpoint import checkpoint
@@ -44,10 +45,13 @@ class STPT(nn.Module):
         self._check_tokens(tokens)
         batch, frames, height, width = tokens.shape
         cond = STPTCondition() if cond is None else cond
+        if not isinstance(cond, STPTCondition):
+            raise TypeError(f"cond must be an STPTCondition or None, got {type(cond).__name__}")
         cond.check(batch, frames, self.config.text_dim, self.config.action_dim)
         stride = self.config.patch_stride
         frame_mask = video = None
-        if cond.is_image is not None:
+        # An all-video batch (what a collate gives by default) needs no mask and no image-mode conv path.
+        if cond.is_image is not None and bool(cond.is_image.any()):
             frame_mask = image_attention_mask(cond.is_image, frames, (height // stride) * (width // stride))
             video = ~cond.is_image
         prompt = self.prompt(cond, batch, frames)
@@ -66,15 +70,19 @@ class STPT(nn.Module):
         return self.head(self.norm(x))
 
     def _check_tokens(self, tokens: torch.Tensor) -> None:
+        if not isinstance(tokens, torch.Tensor):
+            raise TypeError(f"tokens must be a torch.Tensor, got {type(tokens).__name__}")
         if tokens.ndim != 4:
             raise ValueError(f"tokens must be (B, N, h, w), got shape {tuple(tokens.shape)}")
+        if not tokens.numel():
+            raise ValueError(f"tokens must not be empty, got shape {tuple(tokens.shape)}")
         if tokens.dtype not in (torch.int64, torch.int32):
-            raise ValueError(f"tokens must be int64, got {tokens.dtype}")
+            raise ValueError(f"tokens must be int64 (or int32), got {tokens.dtype}")
         stride = self.config.patch_stride
         if tokens.shape[2] % stride or tokens.shape[3] % stride:
             raise ValueError(f"token grid h x w = {tokens.shape[2]} x {tokens.shape[3]} is not divisible by "
                              f"patch_stride {stride}")
-        if tokens.numel() and bool(((tokens < 0) | (tokens > self.config.codebook_size)).any()):
+        if bool(((tokens < 0) | (tokens > self.config.codebook_size)).any()):
             raise ValueError(f"token ids must lie in [0, {self.config.codebook_size}] (the last is [MASK])")
 
     def save_pretrained(self, directory: str | os.PathLike) -> None:
@@ -88,12 +96,28 @@ class STPT(nn.Module):
 
     @classmethod
     def from_pretrained(cls, directory: str | os.PathLike, device: str | torch.device = "cpu") -> STPT:
-        """Load a model written by `save_pretrained`."""
+        """Load a model written by `save_pretrained`; a missing file, bad config or weights that do not
+        fit the config raise one-line errors naming the file."""
         directory = Path(directory)
-        config = STPTConfig.from_dict(json.loads((directory / CONFIG_NAME).read_text()))
+        for name in (CONFIG_NAME, WEIGHTS_NAME):
+            if not (directory / name).is_file():
+                raise FileNotFoundError(f"{directory} has no {name}; expected a directory written by save_pretrained")
+        try:
+            values = json.loads((directory / CONFIG_NAME).read_text())
+        except json.JSONDecodeError as error:
+            raise ValueError(f"{directory / CONFIG_NAME} is not valid JSON: {error}") from None
+        try:
+            config = STPTConfig.from_dict(values)
+        except (TypeError, ValueError) as error:
+            raise ValueError(f"{directory / CONFIG_NAME}: {error}") from None
         with torch.device("meta"):  # skip the random init that the weights overwrite anyway
             model = cls(config)
-        model.load_state_dict(load_file(directory / WEIGHTS_NAME, device=str(device)), assign=True)
+        try:
+            state = load_file(directory / WEIGHTS_NAME, device=str(device))
+        except SafetensorError as error:
+            raise ValueError(f"{directory / WEIGHTS_NAME} is not a readable safetensors file: {error}") from None
+        _check_state(state, model.state_dict(), directory / WEIGHTS_NAME)
+        model.load_state_dict(state, assign=True)
         return model
 
 
@@ -102,6 +126,17 @@ def _init_weights(module: nn.Module) -> None:
         nn.init.trunc_normal_(module.weight, std=0.02)
     if isinstance(module, nn.Linear) and module.bias is not None:
         nn.init.zeros_(module.bias)
+
+
+def _check_state(state: dict[str, torch.Tensor], expected: dict[str, torch.Tensor], path: Path) -> None:
+    """Raise ValueError naming the first few missing, unexpected or mis-shaped tensors of `state`."""
+    problems = [f"missing {name}" if name not in state else
+                f"{name} is {tuple(state[name].shape)}, config.json needs {tuple(tensor.shape)}"
+                for name, tensor in expected.items() if name not in state or state[name].shape != tensor.shape]
+    problems += [f"unexpected {name}" for name in state if name not in expected]
+    if problems:
+        more = f" (and {len(problems) - 3} more)" if len(problems) > 3 else ""
+        raise ValueError(f"{path} does not match its config.json: {'; '.join(problems[:3])}{more}")
 
 
 def _atomic_write(path: Path, write: Callable[[str], object]) -> None:
