@@ -52,6 +52,10 @@ OPEN_MUSE_KEYS = [
 ]
 
 
+class NotATensor:
+    """A pickled object `weights_only=True` must refuse."""
+
+
 def randomised(model: torch.nn.Module) -> torch.nn.Module:
     """Perturb every tensor so GroupNorm affines and biases are non-trivial (a wrong mapping shows)."""
     torch.manual_seed(1)
@@ -140,3 +144,30 @@ def test_diffusers_unsupported_blocks_are_refused(tmp_path):
     }))
     with pytest.raises(ValueError, match="AttnDownEncoderBlock2D"):
         from_diffusers_vqmodel(tmp_path)
+
+
+def test_converters_name_missing_and_malformed_files(open_muse_dir, tmp_path):
+    directory, _ = open_muse_dir
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        from_open_muse(directory / "absent")
+    torch.save({"encoder.conv_in.weight": [1.0]}, directory / "pytorch_model.bin")
+    with pytest.raises(ValueError, match="name -> tensor dict"):
+        from_open_muse(directory)
+    torch.save({"encoder.conv_in.weight": NotATensor()}, directory / "pytorch_model.bin")
+    with pytest.raises(ValueError, match="Python objects other than tensors, refused"):
+        from_open_muse(directory)
+    (directory / "pytorch_model.bin").write_bytes(b"")
+    with pytest.raises(ValueError, match=r"pytorch_model\.bin: the file is empty or cut short"):
+        from_open_muse(directory)
+    (directory / "pytorch_model.bin").unlink()
+    with pytest.raises(FileNotFoundError, match=r"no weights .*pytorch_model\.bin"):
+        from_open_muse(directory)
+    vq_dir = tmp_path / "vq"
+    vq_dir.mkdir()
+    # An AutoencoderKL has the same block types but no codebook.
+    (vq_dir / "config.json").write_text(json.dumps({
+        "down_block_types": ["DownEncoderBlock2D"], "up_block_types": ["UpDecoderBlock2D"],
+        "block_out_channels": [32], "layers_per_block": 1, "latent_channels": 4,
+    }))
+    with pytest.raises(ValueError, match=r"not a diffusers VQModel config: it lacks \['num_vq_embeddings'\]"):
+        from_diffusers_vqmodel(vq_dir)

@@ -1,4 +1,6 @@
 import dataclasses
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -104,3 +106,36 @@ def test_pixel_range_is_applied_in_one_place(tiny_config):
     assert unit.to_model_range(torch.tensor([0.0, 1.0])).tolist() == [0.0, 1.0]
     with pytest.raises(ValueError, match="pixel_range"):
         get_config("f8-small", pixel_range="imagenet")
+
+
+def test_import_leaves_torchmetrics_and_vector_quantize_pytorch_unloaded():
+    # Both take seconds to import; encoding with an open-muse-style (l2) model needs neither.
+    code = (
+        "import sys, torch, wd_tokenizer\n"
+        "tok = wd_tokenizer.VQGAN(wd_tokenizer.get_config('f8-small', quantizer='l2')).eval()\n"
+        "tok.decode(tok.encode(torch.rand(1, 3, 8, 8)))\n"
+        "print(sorted(m for m in ('torchmetrics', 'vector_quantize_pytorch') if m in sys.modules))\n"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert result.stdout.strip() == "[]"
+
+
+def test_video_api_edge_cases(tiny_model, synthetic_clip):
+    f = tiny_model.downsample_factor
+    empty = tiny_model.encode_video(synthetic_clip[:0])
+    assert empty.shape == (0, 32 // f, 32 // f) and empty.dtype == torch.int64
+    assert tiny_model.decode_video(empty).shape == (0, 32, 32, 3)
+    ids = tiny_model.encode_video(synthetic_clip[:3], chunk_size=2)
+    # Token caches store uint16: numpy uint16 ids decode like int64 ones.
+    assert torch.equal(tiny_model.decode_video(ids.numpy().astype("uint16"), chunk_size=2),
+                       tiny_model.decode_video(ids))
+    with pytest.raises(ValueError, match="chunk_size"):
+        tiny_model.encode_video(synthetic_clip, chunk_size=0)
+    with pytest.raises(ValueError, match="divisible by the downsample factor"):
+        tiny_model.encode_video(torch.zeros(0, 30, 32, 3, dtype=torch.uint8))
+    masked = ids.clone()
+    masked[1, 0, 0] = tiny_model.codebook_size
+    with pytest.raises(ValueError, match=rf"got \[\d+, {tiny_model.codebook_size}\]; the \[MASK\] id"):
+        tiny_model.decode_video(masked, chunk_size=2)
+    with pytest.raises(ValueError, match="integer ids"):
+        tiny_model.decode_video(ids.float())

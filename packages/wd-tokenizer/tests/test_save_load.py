@@ -30,3 +30,25 @@ def test_from_pretrained_refuses_mismatches(tiny_model, tmp_path):
     (tmp_path / "config.json").write_text(json.dumps({**config, "codebook_colour": "red"}))
     with pytest.raises(ValueError, match="codebook_colour"):
         VQGAN.from_pretrained(tmp_path)
+
+
+def test_from_pretrained_errors_name_the_file(tiny_model, tmp_path):
+    with pytest.raises(FileNotFoundError, match="directory .*nowhere does not exist"):
+        VQGAN.from_pretrained(tmp_path / "nowhere")
+    directory = tmp_path / "tok"
+    tiny_model.save_pretrained(directory)
+    (directory / "model.safetensors").rename(tmp_path / "weights")
+    with pytest.raises(FileNotFoundError, match=r"model\.safetensors not found"):
+        VQGAN.from_pretrained(directory)
+    (directory / "model.safetensors").write_bytes(b"not a safetensors file")
+    with pytest.raises(ValueError, match=r"cannot read weights from .*model\.safetensors"):
+        VQGAN.from_pretrained(directory)
+    (directory / "config.json").write_text('{"hidden_channels": 16,')
+    with pytest.raises(ValueError, match=r"config\.json is not valid JSON"):
+        VQGAN.from_pretrained(directory)
+    (directory / "config.json").write_text("[1, 2]")
+    with pytest.raises(ValueError, match="must hold a JSON object, got list"):
+        VQGAN.from_pretrained(directory)
+    (directory / "config.json").unlink()
+    with pytest.raises(FileNotFoundError, match=r"config\.json not found"):
+        VQGAN.from_pretrained(directory)

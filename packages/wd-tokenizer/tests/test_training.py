@@ -1,6 +1,7 @@
 import dataclasses
 import json
 import math
+import shutil
 
 import pytest
 import torch
@@ -71,6 +72,9 @@ def test_incomplete_checkpoints_are_ignored(tmp_path):
     (tmp_path / "checkpoints/step_0000002").mkdir(parents=True)
     (tmp_path / "checkpoints/.step_0000004.tmp-99").mkdir()
     assert [p.name for p in checkpoint_dirs(tmp_path)] == ["step_0000002"]
+    (tmp_path / "checkpoints/step_10000000").mkdir()
+    (tmp_path / "checkpoints/step_9999999").mkdir()
+    assert [p.name for p in checkpoint_dirs(tmp_path)] == ["step_0000002", "step_9999999", "step_10000000"]
 
 
 def test_frame_batches_depend_only_on_the_index(synthetic_clip):
@@ -134,3 +138,29 @@ def test_training_and_video_api_on_cuda(tiny_config, synthetic_clip, tmp_path):
     assert model.decode_video(ids).shape == synthetic_clip.shape
     reloaded = VQGAN.from_pretrained(checkpoint_dirs(tmp_path)[-1] / "model", device="cuda")
     assert torch.equal(reloaded.encode_video(synthetic_clip), ids)
+
+
+def test_resume_after_a_crash_keeps_one_metrics_line_per_step(tiny_config, synthetic_clip, tmp_path):
+    config = TrainConfig(steps=4, lr=1e-3, checkpoint_every=2, keep_checkpoints=5, log_every=1,
+                         loss=LossConfig(perceptual_weight=0.0, disc_start=10**9, disc_channels=8, disc_layers=2))
+    batches = frame_batches(synthetic_clip, batch_size=2)
+    torch.manual_seed(0)
+    train_vqgan(VQGAN(tiny_config), batches, config, tmp_path, progress=False)
+    # A crash after logging steps 3 and 4 but before checkpoint 4 was complete, mid-way through a line.
+    shutil.rmtree(tmp_path / "checkpoints/step_0000004")
+    with open(tmp_path / "metrics.jsonl", "a") as f:
+        f.write('{"step": 5, "l1"')
+    train_vqgan(VQGAN(tiny_config), batches, dataclasses.replace(config, steps=5), tmp_path, progress=False)
+    records = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in records] == [1, 2, 3, 4, 5]
+
+
+def test_bad_training_settings_are_refused(tiny_model):
+    with pytest.raises(ValueError, match="'grad_accumulation': 0"):
+        TrainConfig(grad_accumulation=0)
+    with pytest.raises(ValueError, match="'steps': -1"):
+        TrainConfig(steps=-1)
+    with pytest.raises(ValueError, match="mixed_precision"):
+        TrainConfig(mixed_precision="fp16")
+    with pytest.raises(ValueError, match="at least one batch"):
+        evaluate(tiny_model, [])

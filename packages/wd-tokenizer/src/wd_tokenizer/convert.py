@@ -5,13 +5,12 @@ Both networks take pixels in [0, 1], so converted models get `pixel_range="unit"
 
 from __future__ import annotations
 
-import json
 import re
 from pathlib import Path
 
 import torch
 
-from wd_tokenizer.io import read_tensors
+from wd_tokenizer.io import checkpoint_dir, read_json, read_tensors
 from wd_tokenizer.model import VQGAN, VQGANConfig, load_state_dict_strict
 
 # open-muse config fields whose non-default values change the architecture in ways this model does not build.
@@ -39,6 +38,9 @@ OPEN_MUSE_FIELDS = {
     "commitment_cost": "commitment_weight",
 }
 
+# Fields every saved diffusers `VQModel` config holds and the conversion reads.
+DIFFUSERS_REQUIRED = ("block_out_channels", "layers_per_block", "latent_channels", "num_vq_embeddings")
+
 
 def read_weights(directory: Path, names: tuple[str, ...]) -> dict[str, torch.Tensor]:
     """The first of `names` present in `directory`: safetensors, or a pickle read with `weights_only=True`."""
@@ -56,8 +58,8 @@ def check_no_unsupported(values: dict, unsupported: dict, source: str) -> None:
 
 def from_open_muse(directory: str | Path) -> VQGAN:
     """An open-muse `VQGANModel` directory (`config.json` + `pytorch_model.bin` or safetensors) -> `VQGAN`."""
-    directory = Path(directory)
-    values = json.loads((directory / "config.json").read_text())
+    directory = checkpoint_dir(directory)
+    values = read_json(directory / "config.json")
     check_no_unsupported(values, OPEN_MUSE_UNSUPPORTED, "open-muse")
     if values.get("attn_resolutions") and values.get("num_res_blocks", 2) < 2:
         # open-muse applies level attention only when a level has more than one attention block.
@@ -78,6 +80,9 @@ def diffusers_config(values: dict) -> VQGANConfig:
     down, up = set(values.get("down_block_types", [])), set(values.get("up_block_types", []))
     if down != {"DownEncoderBlock2D"} or up != {"UpDecoderBlock2D"}:
         raise ValueError(f"only DownEncoderBlock2D / UpDecoderBlock2D VQModels convert, got {sorted(down | up)}")
+    missing = [k for k in DIFFUSERS_REQUIRED if k not in values]
+    if missing:
+        raise ValueError(f"not a diffusers VQModel config: it lacks {missing}")
     check_no_unsupported(
         values, {"act_fn": "silu", "norm_type": "group", "in_channels": 3, "out_channels": 3}, "diffusers VQModel"
     )
@@ -120,8 +125,8 @@ def diffusers_key(key: str, levels: int) -> str:
 
 def from_diffusers_vqmodel(directory: str | Path) -> VQGAN:
     """A diffusers `VQModel` directory (`config.json` + `diffusion_pytorch_model.safetensors`) -> `VQGAN`."""
-    directory = Path(directory)
-    config = diffusers_config(json.loads((directory / "config.json").read_text()))
+    directory = checkpoint_dir(directory)
+    config = diffusers_config(read_json(directory / "config.json"))
     state = read_weights(directory, ("diffusion_pytorch_model.safetensors", "diffusion_pytorch_model.bin"))
     levels = len(config.channel_mult)
     converted = {}

@@ -1,4 +1,8 @@
-"""Reconstruction and codebook metrics: PSNR and SSIM (torchmetrics), codebook usage and perplexity."""
+"""Reconstruction and codebook metrics: PSNR and SSIM (torchmetrics), codebook usage and perplexity.
+
+torchmetrics is imported inside the functions that use it: importing it takes seconds, which
+`import wd_tokenizer` should not pay when it only encodes and decodes.
+"""
 
 from __future__ import annotations
 
@@ -6,7 +10,6 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import torch
-from torchmetrics.functional.image import peak_signal_noise_ratio, structural_similarity_index_measure
 
 if TYPE_CHECKING:
     from wd_tokenizer.model import VQGAN
@@ -14,11 +17,15 @@ if TYPE_CHECKING:
 
 def psnr(reconstruction: torch.Tensor, target: torch.Tensor) -> float:
     """PSNR in dB of float (B, 3, H, W) images in [0, 1], over the whole batch."""
+    from torchmetrics.functional.image import peak_signal_noise_ratio
+
     return peak_signal_noise_ratio(reconstruction.float(), target.float(), data_range=1.0).item()
 
 
 def ssim(reconstruction: torch.Tensor, target: torch.Tensor) -> float:
     """Mean SSIM (11x11 Gaussian window) of float (B, 3, H, W) images in [0, 1]."""
+    from torchmetrics.functional.image import structural_similarity_index_measure
+
     return structural_similarity_index_measure(reconstruction.float(), target.float(), data_range=1.0).item()
 
 
@@ -50,6 +57,8 @@ class ReconstructionReport:
 @torch.no_grad()
 def evaluate(model: VQGAN, batches: list[torch.Tensor]) -> ReconstructionReport:
     """Round-trip float (B, 3, H, W) [0, 1] batches through `model.encode`/`decode`; metrics over all of them."""
+    if not batches:
+        raise ValueError("evaluate needs at least one batch")
     device, _ = model.device_and_dtype()
     was_training = model.training
     model.eval()  # an EMA codebook must not update on evaluation data

@@ -17,10 +17,9 @@ from typing import Literal, NamedTuple
 
 import torch
 from einops import rearrange
-from safetensors.torch import load_file, save_file
 from torch import nn
 
-from wd_tokenizer.io import atomic_write_text, atomic_writer
+from wd_tokenizer.io import atomic_write_text, checkpoint_dir, read_json, read_tensors, save_module_weights
 from wd_tokenizer.modules import Decoder, Encoder
 from wd_tokenizer.quantizers import build_quantizer
 
@@ -99,7 +98,9 @@ class VQGAN(nn.Module):
     def check_pixels(self, pixels: torch.Tensor) -> None:
         if pixels.ndim != 4 or pixels.shape[1] != 3 or not pixels.is_floating_point():
             raise ValueError(f"expected float pixels (B, 3, H, W), got {pixels.dtype} {tuple(pixels.shape)}")
-        height, width = pixels.shape[-2:]
+        self.check_size(*pixels.shape[-2:])
+
+    def check_size(self, height: int, width: int) -> None:
         f = self.downsample_factor
         if height % f or width % f:
             raise ValueError(f"height and width ({height}, {width}) must be divisible by the downsample factor {f}")
@@ -126,35 +127,46 @@ class VQGAN(nn.Module):
 
     @torch.no_grad()
     def decode(self, ids: torch.Tensor) -> torch.Tensor:
-        """Ids int64 (B, h, w) -> pixels float (B, 3, h*f, w*f) clamped to [0, 1]."""
-        if ids.ndim != 3 or ids.is_floating_point():
-            raise ValueError(f"expected integer ids (B, h, w), got {ids.dtype} {tuple(ids.shape)}")
+        """Integer ids (B, h, w) in [0, codebook_size) -> pixels float (B, 3, h*f, w*f) clamped to [0, 1]."""
+        check_ids(ids, "(B, h, w)")
+        ids = ids.long()  # also lets uint16 ids (the on-disk token dtype) through min/max and the lookup
         if ids.numel() and (ids.min() < 0 or ids.max() >= self.codebook_size):
-            raise ValueError(f"ids must lie in [0, {self.codebook_size}); the [MASK] id cannot be decoded")
-        return self.decode_latents(self.quantize.codes(ids.long())).clamp(0.0, 1.0)
+            raise ValueError(f"ids must lie in [0, {self.codebook_size}), got [{int(ids.min())}, {int(ids.max())}]; "
+                             f"the [MASK] id {self.codebook_size} cannot be decoded")
+        return self.decode_latents(self.quantize.codes(ids)).clamp(0.0, 1.0)
 
     @torch.no_grad()
     def encode_video(self, frames: torch.Tensor, chunk_size: int = 16) -> torch.Tensor:
-        """Uint8 (N, H, W, 3) video (numpy or torch) -> ids int64 (N, H/f, W/f), `chunk_size` frames at a time."""
+        """Uint8 (N, H, W, 3) video (numpy or torch) -> ids int64 (N, H/f, W/f) on the CPU, `chunk_size` frames
+        at a time (each chunk's ids go to the CPU before the next, so device memory stays bounded)."""
         frames = torch.as_tensor(frames)
         if frames.dtype != torch.uint8 or frames.ndim != 4 or frames.shape[-1] != 3:
             raise ValueError(f"expected uint8 frames (N, H, W, 3), got {frames.dtype} {tuple(frames.shape)}")
+        check_chunk_size(chunk_size)
+        self.check_size(frames.shape[1], frames.shape[2])
         device, dtype = self.device_and_dtype()
-        chunks = [
-            self.encode(rearrange(chunk.to(device), "n h w c -> n c h w").to(dtype) / 255.0)
-            for chunk in frames.split(chunk_size)
-        ]
-        return torch.cat(chunks).cpu()
+        f = self.downsample_factor
+        ids = torch.empty(len(frames), frames.shape[1] // f, frames.shape[2] // f, dtype=torch.long)
+        for start in range(0, len(frames), chunk_size):
+            chunk = rearrange(frames[start : start + chunk_size].to(device), "n h w c -> n c h w")
+            ids[start : start + chunk_size] = self.encode(chunk.to(dtype) / 255.0).cpu()
+        return ids
 
     @torch.no_grad()
     def decode_video(self, ids: torch.Tensor, chunk_size: int = 16) -> torch.Tensor:
-        """Ids (N, h, w) -> uint8 video (N, h*f, w*f, 3) on the CPU, `chunk_size` frames at a time."""
+        """Integer ids (N, h, w), numpy or torch -> uint8 video (N, h*f, w*f, 3) on the CPU, `chunk_size` frames
+        at a time (each chunk goes to the CPU before the next, so device memory stays bounded)."""
+        ids = torch.as_tensor(ids)
+        check_ids(ids, "(N, h, w)")
+        check_chunk_size(chunk_size)
         device, _ = self.device_and_dtype()
-        chunks = [
-            rearrange((self.decode(chunk.to(device)).float() * 255.0).round().to(torch.uint8), "n c h w -> n h w c")
-            for chunk in torch.as_tensor(ids).split(chunk_size)
-        ]
-        return torch.cat(chunks).cpu()
+        f = self.downsample_factor
+        video = torch.empty(len(ids), ids.shape[1] * f, ids.shape[2] * f, 3, dtype=torch.uint8)
+        for start in range(0, len(ids), chunk_size):
+            pixels = self.decode(ids[start : start + chunk_size].to(device)).float()
+            video[start : start + chunk_size] = rearrange((pixels * 255.0).round().to(torch.uint8).cpu(),
+                                                          "n c h w -> n h w c")
+        return video
 
     def device_and_dtype(self) -> tuple[torch.device, torch.dtype]:
         weight = self.encoder.conv_in.weight
@@ -165,18 +177,26 @@ class VQGAN(nn.Module):
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
         atomic_write_text(directory / "config.json", json.dumps(dataclasses.asdict(self.config), indent=2))
-        state = {name: tensor.detach().contiguous().cpu() for name, tensor in self.state_dict().items()}
-        with atomic_writer(directory / "model.safetensors") as tmp_path:
-            save_file(state, tmp_path)
+        save_module_weights(self, directory / "model.safetensors")
 
     @classmethod
     def from_pretrained(cls, directory: str | Path, device: str | torch.device = "cpu") -> VQGAN:
         """Load a directory written by `save_pretrained` (strict: every tensor must match)."""
-        directory = Path(directory)
-        config = config_from_dict(json.loads((directory / "config.json").read_text()))
+        directory = checkpoint_dir(directory)
+        config = config_from_dict(read_json(directory / "config.json"))
         model = cls(config)
-        load_state_dict_strict(model, load_file(directory / "model.safetensors", device=str(device)))
+        load_state_dict_strict(model, read_tensors(directory / "model.safetensors", device=device))
         return model.to(device).eval()
+
+
+def check_ids(ids: torch.Tensor, layout: str) -> None:
+    if ids.ndim != 3 or ids.is_floating_point() or ids.dtype == torch.bool:
+        raise ValueError(f"expected integer ids {layout}, got {ids.dtype} {tuple(ids.shape)}")
+
+
+def check_chunk_size(chunk_size: int) -> None:
+    if chunk_size < 1:
+        raise ValueError(f"chunk_size must be a positive integer, got {chunk_size!r}")
 
 
 def config_from_dict(values: dict) -> VQGANConfig:

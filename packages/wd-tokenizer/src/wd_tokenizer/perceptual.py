@@ -6,7 +6,6 @@ from pathlib import Path
 
 import torch
 from torch import nn
-from torchmetrics.functional.image import structural_similarity_index_measure
 
 from wd_tokenizer.io import read_tensors
 
@@ -68,4 +67,6 @@ class LPIPS(nn.Module):
 
 def ssim_loss(reconstruction: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     """1 - SSIM of float (B, 3, H, W) images in [0, 1]: the default perceptual term, needing no weights."""
+    from torchmetrics.functional.image import structural_similarity_index_measure  # slow import: only when training
+
     return 1.0 - structural_similarity_index_measure(reconstruction.float(), target.float(), data_range=1.0)

@@ -2,7 +2,8 @@
 
 `L2Quantizer` is open-muse's plain nearest-neighbour lookup, reproduced operation for operation so converted
 open-muse / aMUSEd checkpoints give their exact ids. The others wrap vector-quantize-pytorch for training new
-tokenizers whose codebooks stay in use.
+tokenizers whose codebooks stay in use; it is imported when one of them is built, because importing it costs
+about a second that loading an open-muse checkpoint does not need.
 """
 
 from __future__ import annotations
@@ -14,7 +15,6 @@ import torch
 import torch.nn.functional as F
 from einops import rearrange
 from torch import nn
-from vector_quantize_pytorch import FSQ, LFQ, VectorQuantize
 
 if TYPE_CHECKING:
     from wd_tokenizer.model import VQGANConfig
@@ -57,6 +57,8 @@ class VQQuantizer(nn.Module):
     """vector-quantize-pytorch `VectorQuantize` with the options that keep large codebooks alive."""
 
     def __init__(self, config: VQGANConfig) -> None:
+        from vector_quantize_pytorch import VectorQuantize
+
         super().__init__()
         self.codebook_size = config.num_embeddings
         self.vq = VectorQuantize(
@@ -84,6 +86,8 @@ class FSQQuantizer(nn.Module):
     """Finite scalar quantization: no codebook to collapse; `codebook_size` = prod(levels)."""
 
     def __init__(self, config: VQGANConfig) -> None:
+        from vector_quantize_pytorch import FSQ
+
         super().__init__()
         if not config.fsq_levels:
             raise ValueError("quantizer 'fsq' needs fsq_levels, e.g. [8, 8, 8, 5, 5, 5] for 64000 codes")
@@ -102,6 +106,8 @@ class LFQQuantizer(nn.Module):
     """Lookup-free quantization (sign bits of log2(K) projected channels) with its entropy auxiliary loss."""
 
     def __init__(self, config: VQGANConfig) -> None:
+        from vector_quantize_pytorch import LFQ
+
         super().__init__()
         self.codebook_size = config.num_embeddings
         self.lfq = LFQ(

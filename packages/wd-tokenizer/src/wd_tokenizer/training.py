@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import os
 import shutil
 from collections.abc import Callable
@@ -17,10 +18,9 @@ from typing import Literal
 
 import torch
 from einops import rearrange
-from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
 
-from wd_tokenizer.io import atomic_write_text
+from wd_tokenizer.io import atomic_write_text, read_tensors, save_module_weights
 from wd_tokenizer.losses import LossConfig, VQGANLoss
 from wd_tokenizer.metrics import code_histogram, codebook_perplexity, codebook_usage
 from wd_tokenizer.model import VQGAN, load_state_dict_strict
@@ -42,6 +42,16 @@ class TrainConfig:
     seed: int = 0
     loss: LossConfig = field(default_factory=LossConfig)
 
+    def __post_init__(self) -> None:
+        counts = ("grad_accumulation", "checkpoint_every", "keep_checkpoints", "log_every")
+        bad = {name: getattr(self, name) for name in counts if getattr(self, name) < 1}
+        if self.steps < 0:
+            bad["steps"] = self.steps
+        if bad:
+            raise ValueError(f"TrainConfig fields out of range (steps must be >= 0, the others >= 1): {bad}")
+        if self.mixed_precision not in ("auto", "bf16", "no"):
+            raise ValueError(f"mixed_precision must be 'auto', 'bf16' or 'no', got {self.mixed_precision!r}")
+
 
 def frame_batches(frames: torch.Tensor, batch_size: int, seed: int = 0) -> BatchFn:
     """Uint8 frames (M, H, W, 3), torch or numpy -> `batch(i)`: float (batch_size, 3, H, W) in [0, 1],
@@ -61,7 +71,16 @@ def frame_batches(frames: torch.Tensor, batch_size: int, seed: int = 0) -> Batch
 
 def checkpoint_dirs(run_dir: Path) -> list[Path]:
     """Complete checkpoints, oldest first (incomplete ones keep their temporary name and are never listed)."""
-    return sorted((run_dir / "checkpoints").glob("step_[0-9]*"))
+    # By number: past 9,999,999 steps the zero-padded names no longer sort as text.
+    return sorted((run_dir / "checkpoints").glob("step_[0-9]*"), key=lambda path: int(path.name[len("step_"):]))
+
+
+def logged_step(line: str) -> float:
+    """The step of one metrics.jsonl line; infinity for a line cut short, so that it is dropped."""
+    try:
+        return json.loads(line)["step"]
+    except (json.JSONDecodeError, KeyError, TypeError):
+        return math.inf
 
 
 def use_bf16(mode: str, device: torch.device) -> bool:
@@ -127,8 +146,7 @@ class Trainer:
         tmp = final.with_name(f".{final.name}.tmp-{os.getpid()}")
         shutil.rmtree(tmp, ignore_errors=True)
         self.model.save_pretrained(tmp / "model")
-        disc_state = {k: v.detach().contiguous().cpu() for k, v in self.loss.discriminator.state_dict().items()}
-        save_file(disc_state, tmp / "discriminator.safetensors")
+        save_module_weights(self.loss.discriminator, tmp / "discriminator.safetensors")
         state = {"step": self.step, "opt_g": self.opt_g.state_dict(), "opt_d": self.opt_d.state_dict(),
                  "codes": self.codes, "rng": torch.get_rng_state()}
         if torch.cuda.is_available():
@@ -141,10 +159,9 @@ class Trainer:
         return final
 
     def load_checkpoint(self, directory: Path) -> None:
-        model_dir = directory / "model"
-        load_state_dict_strict(self.model, load_file(model_dir / "model.safetensors", device=str(self.device)))
-        load_state_dict_strict(self.loss.discriminator, load_file(directory / "discriminator.safetensors",
-                                                                  device=str(self.device)))
+        load_state_dict_strict(self.model, read_tensors(directory / "model" / "model.safetensors", self.device))
+        load_state_dict_strict(self.loss.discriminator,
+                               read_tensors(directory / "discriminator.safetensors", self.device))
         state = torch.load(directory / "trainer_state.pt", map_location="cpu", weights_only=True)
         self.opt_g.load_state_dict(state["opt_g"])
         self.opt_d.load_state_dict(state["opt_d"])
@@ -152,6 +169,15 @@ class Trainer:
         torch.set_rng_state(state["rng"])
         if "cuda_rng" in state and torch.cuda.is_available():
             torch.cuda.set_rng_state_all(state["cuda_rng"])
+        self.forget_metrics_after(self.step)
+
+    def forget_metrics_after(self, step: int) -> None:
+        """Drop metrics.jsonl lines logged after `step` (a resumed run logs those steps again) and a last line
+        cut short by a crash."""
+        path = self.run_dir / "metrics.jsonl"
+        if path.exists():
+            kept = [line for line in path.read_text().splitlines() if logged_step(line) <= step]
+            atomic_write_text(path, "".join(line + "\n" for line in kept))
 
     def log(self, logs: dict[str, float]) -> dict[str, float]:
         """Append one metrics.jsonl line with the loss terms and codebook use since the previous line."""
