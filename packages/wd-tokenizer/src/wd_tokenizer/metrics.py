@@ -22,11 +22,16 @@ def psnr(reconstruction: torch.Tensor, target: torch.Tensor) -> float:
     return peak_signal_noise_ratio(reconstruction.float(), target.float(), data_range=1.0).item()
 
 
-def ssim(reconstruction: torch.Tensor, target: torch.Tensor) -> float:
-    """Mean SSIM (11x11 Gaussian window) of float (B, 3, H, W) images in [0, 1]."""
+def structural_similarity(reconstruction: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """Mean SSIM (11x11 Gaussian window) of float (B, 3, H, W) images in [0, 1], as a differentiable scalar."""
     from torchmetrics.functional.image import structural_similarity_index_measure
 
-    return structural_similarity_index_measure(reconstruction.float(), target.float(), data_range=1.0).item()
+    return structural_similarity_index_measure(reconstruction.float(), target.float(), data_range=1.0)
+
+
+def ssim(reconstruction: torch.Tensor, target: torch.Tensor) -> float:
+    """Mean SSIM of float (B, 3, H, W) images in [0, 1] (see `structural_similarity`)."""
+    return structural_similarity(reconstruction, target).item()
 
 
 def code_histogram(ids: torch.Tensor, codebook_size: int) -> torch.Tensor:

@@ -8,6 +8,7 @@ import torch
 from torch import nn
 
 from wd_tokenizer.io import read_tensors
+from wd_tokenizer.metrics import structural_similarity
 
 # torchvision's VGG16 `features` layout (conv widths, "M" = max-pool), so its state dict loads by index.
 VGG16_LAYOUT = [64, 64, "M", 128, 128, "M", 256, 256, 256, "M", 512, 512, 512, "M", 512, 512, 512]
@@ -67,6 +68,4 @@ class LPIPS(nn.Module):
 
 def ssim_loss(reconstruction: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     """1 - SSIM of float (B, 3, H, W) images in [0, 1]: the default perceptual term, needing no weights."""
-    from torchmetrics.functional.image import structural_similarity_index_measure  # slow import: only when training
-
-    return 1.0 - structural_similarity_index_measure(reconstruction.float(), target.float(), data_range=1.0)
+    return 1.0 - structural_similarity(reconstruction, target)
