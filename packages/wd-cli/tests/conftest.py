@@ -1,11 +1,22 @@
-"""Shared tiny parts, built once per session: a saved tiny T5 and a tiny pipeline (plus its saved directory)."""
+"""Shared tiny parts, built once per session: a saved tiny T5 and a tiny pipeline (plus its saved directory).
+
+Session-scoped objects are shared by every test: use them, never modify them (no `.to`, no new weights).
+"""
 
 from __future__ import annotations
 
 from pathlib import Path
 
 import pytest
+import torch
 from tokenizers import Tokenizer, models, pre_tokenizers, processors, trainers
+from wd_stpt import STPT
+from wd_stpt import get_config as stpt_config
+from wd_tokenizer import VQGAN
+from wd_tokenizer import get_config as tokenizer_config
+
+from wd_cli.pipeline import PipelineDefaults, WorldDreamerPipeline
+from wd_cli.text_encoders import HashTextEncoder
 
 SENTENCES = ["a red circle moves up", "a blue square moves down and bounces", "a green triangle moves left"]
 
@@ -27,4 +38,36 @@ def tiny_t5_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     directory = tmp_path_factory.mktemp("tiny-t5")
     T5EncoderModel(config).save_pretrained(directory)
     tokenizer.save_pretrained(directory)
+    return directory
+
+
+TINY_DEFAULTS = PipelineDefaults(steps=3, num_frames=4, height=32, width=32, fps=4.0, context_frames=2)
+
+
+def build_tiny_pipeline(text_encoder=None) -> WorldDreamerPipeline:
+    """Untrained f8-small tokenizer (32x32 frames -> 4x4 tokens, 1000 codes), a width-32 `tiny` STPT, a
+    16-dim HashTextEncoder (or `text_encoder`), 4-frame windows continued from 2 frames, 3 sampler steps."""
+    torch.manual_seed(0)
+    tokenizer = VQGAN(tokenizer_config("f8-small"))
+    stpt = STPT(stpt_config("tiny", codebook_size=tokenizer.codebook_size, text_dim=16, width=32, num_heads=4))
+    return WorldDreamerPipeline(tokenizer, stpt, text_encoder or HashTextEncoder(dim=16), TINY_DEFAULTS)
+
+
+@pytest.fixture(scope="session")
+def make_tiny_pipeline():
+    """`build_tiny_pipeline` itself, for tests that need a pipeline of their own (e.g. another text encoder)."""
+    return build_tiny_pipeline
+
+
+@pytest.fixture(scope="session")
+def tiny_pipeline() -> WorldDreamerPipeline:
+    """The tiny pipeline, on the CPU; see `build_tiny_pipeline`."""
+    return build_tiny_pipeline()
+
+
+@pytest.fixture(scope="session")
+def tiny_pipeline_dir(tiny_pipeline: WorldDreamerPipeline, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """`tiny_pipeline` saved once with `save_pretrained` (treat it as read-only; copy it to change it)."""
+    directory = tmp_path_factory.mktemp("tiny-pipeline") / "pipeline"
+    tiny_pipeline.save_pretrained(directory)
     return directory

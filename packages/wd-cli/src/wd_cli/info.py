@@ -24,7 +24,8 @@ class Info:
     tokenizer_parameters: dict[str, int]
 
 
-def _version(package: str) -> str:
+def package_version(package: str) -> str:
+    """The installed version of `package`, or "not installed"."""
     try:
         return version(package)
     except PackageNotFoundError:
@@ -45,7 +46,7 @@ def collect_info() -> Info:
     with torch.device("meta"):
         stpt = {name: _parameter_count(wd_stpt.STPT(config)) for name, config in wd_stpt.PRESETS.items()}
     tokenizer = {name: _parameter_count(wd_tokenizer.VQGAN(config)) for name, config in wd_tokenizer.PRESETS.items()}
-    return Info({p: _version(p) for p in PACKAGES}, device, backend, stpt, tokenizer)
+    return Info({p: package_version(p) for p in PACKAGES}, device, backend, stpt, tokenizer)
 
 
 def format_info(info: Info) -> str:

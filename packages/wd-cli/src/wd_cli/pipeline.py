@@ -1,0 +1,350 @@
+"""WorldDreamerPipeline: tokenizer + STPT + text encoder + MaskGIT sampler, one method per task of the paper.
+
+Every task returns a `Generation`: frames uint8 (N, H, W, 3), tokens int64 (N, h, w) and known bool (N, h, w)
+(True where the task gave the token). Pixel inputs of another size are resized to cover the model's size and
+centre-cropped. Requests longer than the model's window (`defaults.num_frames`) are rolled out window by
+window, each continuing from the last `defaults.context_frames` generated frames.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, NamedTuple, TypedDict, Unpack
+
+import numpy as np
+import torch
+import wd_masking
+from wd_stpt import STPT, STPTCondition
+from wd_tokenizer import VQGAN
+from wd_tokenizer.io import atomic_write_text, read_json
+
+from wd_cli.atomic import atomic_directory
+from wd_cli.devices import autocast, resolve_device, resolve_dtype
+from wd_cli.info import PACKAGES, package_version
+from wd_cli.media import fit_frames, fit_mask
+from wd_cli.text_encoders import CachedTextEncoder, TextEncoder, json_text, load_text_encoder, unwrap
+
+PIPELINE_FILE = "pipeline.json"
+PARTS = ("tokenizer", "stpt", "text_encoder")
+Box = tuple[int, int, int, int]
+
+
+@dataclass
+class PipelineDefaults:
+    """Sampler settings and the clip shape the STPT was trained at (pipeline.json's "defaults")."""
+
+    steps: int = 10
+    guidance_scale: float = 3.0  # the paper's beta; 0 = no guidance
+    temperature: float = 1.0
+    choice_temperature: float = 4.5
+    top_k: int | None = None
+    num_frames: int = 16  # frames of one window (the model's N)
+    height: int = 256  # pixels of a frame
+    width: int = 256
+    fps: float = 8.0
+    context_frames: int = 4  # frames a rollout window continues from
+    stylize_mask_ratio: float = 0.5  # fraction of tokens stylization redraws
+
+    def __post_init__(self) -> None:
+        self.sampler_config()  # validates the sampler fields
+        if min(self.num_frames, self.height, self.width) < 1 or not self.fps > 0:
+            raise ValueError(f"num_frames, height, width and fps must be positive, got {self}")
+        if not 1 <= self.context_frames < self.num_frames:
+            raise ValueError(f"context_frames must be in [1, num_frames={self.num_frames}), got {self.context_frames}")
+        if not 0 <= self.stylize_mask_ratio <= 1:
+            raise ValueError(f"stylize_mask_ratio must be in [0, 1], got {self.stylize_mask_ratio}")
+
+    def sampler_config(self, **overrides: Any) -> wd_masking.SamplerConfig:
+        """The sampler settings, with `overrides` (None values ignored) replacing the defaults."""
+        fields = {name: getattr(self, name) for name in ("steps", "guidance_scale", "temperature",
+                                                          "choice_temperature", "top_k")}
+        fields.update({name: value for name, value in overrides.items() if value is not None})
+        return wd_masking.SamplerConfig(**fields)
+
+    @classmethod
+    def from_dict(cls, values: dict) -> PipelineDefaults:
+        """Inverse of `dataclasses.asdict`; unknown fields are a ValueError."""
+        unknown = set(values) - {field.name for field in dataclasses.fields(cls)}
+        if unknown:
+            raise ValueError(f"unknown defaults {sorted(unknown)}")
+        return cls(**values)
+
+
+class SamplingOptions(TypedDict, total=False):
+    """Keyword options every task takes; a missing one falls back to the pipeline's defaults."""
+
+    num_frames: int  # output frames (text/image/action to video); longer than the window rolls out
+    steps: int
+    guidance_scale: float
+    temperature: float
+    choice_temperature: float
+    top_k: int | None
+    seed: int  # one torch.Generator on the device per call; default 0
+
+
+class Generation(NamedTuple):
+    """A task's result: frames uint8 (N, H, W, 3), tokens int64 (N, h, w), known bool (N, h, w)."""
+
+    frames: np.ndarray
+    tokens: np.ndarray
+    known: np.ndarray
+
+
+class WorldDreamerPipeline:
+    """Tokenizer, STPT and text encoder wired to the MaskGIT sampler (paper Fig. 4); see the module docstring."""
+
+    def __init__(
+        self, tokenizer: VQGAN, stpt: STPT, text_encoder: TextEncoder, defaults: PipelineDefaults | None = None
+    ) -> None:
+        self.defaults = defaults or PipelineDefaults()
+        _check_parts(tokenizer, stpt, text_encoder, self.defaults)
+        self.tokenizer, self.stpt = tokenizer.eval(), stpt.eval()
+        self.text_encoder = text_encoder if isinstance(text_encoder, CachedTextEncoder) else CachedTextEncoder(text_encoder)
+        self.device = next(stpt.parameters()).device
+        self.dtype = torch.float32
+
+    @property
+    def mask_id(self) -> int:
+        return self.stpt.config.codebook_size
+
+    @property
+    def token_shape(self) -> tuple[int, int]:
+        """(h, w) of one frame's tokens at the model's pixel size."""
+        f = self.tokenizer.downsample_factor
+        return self.defaults.height // f, self.defaults.width // f
+
+    def to(self, device: str | torch.device | None = None, dtype: str | torch.dtype | None = None) -> WorldDreamerPipeline:
+        """Move tokenizer and STPT to `device` ("auto": cuda if available) and run the STPT under `dtype`
+        autocast ("bf16", "fp16", "fp32"; fp16 on the CPU runs in fp32). The tokenizer always runs in fp32."""
+        self.device = resolve_device(device)
+        self.dtype = resolve_dtype(dtype, self.device)
+        self.tokenizer.to(self.device)
+        self.stpt.to(self.device)
+        return self
+
+    # -- tasks ------------------------------------------------------------------------------------------------
+
+    def text_to_video(self, prompt: str, **options: Unpack[SamplingOptions]) -> Generation:
+        """A clip from the prompt alone."""
+        return self._rollout(None, prompt, None, options)
+
+    def image_to_video(
+        self, image: np.ndarray, prompt: str | None = None, **options: Unpack[SamplingOptions]
+    ) -> Generation:
+        """Continue image uint8 (H, W, 3), or k given frames (k, H, W, 3), to `num_frames` frames (the given
+        ones included)."""
+        return self._rollout(self.encode(image), prompt or "", None, options)
+
+    def action_to_video(
+        self, image: np.ndarray, actions: np.ndarray, prompt: str | None = None, **options: Unpack[SamplingOptions]
+    ) -> Generation:
+        """Drive from image uint8 (H, W, 3) (or k frames) with actions float (M, A), one row per output frame:
+        M frames come out, actions[i] conditioning frame i."""
+        actions = torch.as_tensor(np.asarray(actions, dtype=np.float32))
+        action_dim = self.stpt.config.action_dim
+        if actions.ndim != 2 or actions.shape[1] != action_dim or not len(actions):
+            raise ValueError(f"actions must be float (frames, {action_dim}), got shape {tuple(actions.shape)}")
+        if options.setdefault("num_frames", len(actions)) != len(actions):
+            raise ValueError(f"num_frames={options['num_frames']} but there are {len(actions)} action rows "
+                             "(one per frame)")
+        return self._rollout(self.encode(image), prompt or "", actions, options)
+
+    def inpaint(
+        self,
+        video: np.ndarray,
+        mask: np.ndarray | None = None,
+        box: Box | None = None,
+        prompt: str = "",
+        **options: Unpack[SamplingOptions],
+    ) -> Generation:
+        """Regenerate a region of video uint8 (M, H, W, 3), given in its pixels as mask bool (H, W) / (M, H, W)
+        or box (top, left, bottom, right) (bottom/right exclusive); every token outside it is kept."""
+        if (mask is None) == (box is None):
+            raise ValueError("give exactly one of mask or box")
+        video = np.asarray(video)
+        region = wd_masking.box_region(*video.shape[-3:-1], box) if box is not None else torch.as_tensor(mask)
+        if region.ndim == 3 and video.ndim == 4 and len(region) != len(video):
+            raise ValueError(f"mask has {len(region)} frames, the video {len(video)}")
+        region = fit_mask(region, (self.defaults.height, self.defaults.width))
+        tokens, known = wd_masking.inpainting(self.encode(video)[None], region, self.mask_id,
+                                              downsample_factor=self.tokenizer.downsample_factor)
+        return self._fill(tokens, known, prompt, options)
+
+    def stylize(
+        self, video: np.ndarray, prompt: str, mask_ratio: float | None = None, **options: Unpack[SamplingOptions]
+    ) -> Generation:
+        """Redraw a random `mask_ratio` of video's tokens (default: defaults.stylize_mask_ratio) under the prompt,
+        the rest anchoring the content."""
+        ratio = self.defaults.stylize_mask_ratio if mask_ratio is None else mask_ratio
+        generator = self._generator(options)
+        tokens, known = wd_masking.stylization(self.encode(video)[None].to(self.device), ratio, self.mask_id,
+                                               generator=generator)
+        return self._fill(tokens, known, prompt, options, generator)
+
+    # -- pixels <-> tokens --------------------------------------------------------------------------------------
+
+    def encode(self, frames: np.ndarray | torch.Tensor) -> torch.Tensor:
+        """uint8 (H, W, 3) or (M, H, W, 3) at any size -> tokens int64 (M, h, w) on the CPU (fitted first)."""
+        fitted = fit_frames(frames, (self.defaults.height, self.defaults.width))
+        return self.tokenizer.encode_video(fitted)
+
+    def decode(self, tokens: torch.Tensor) -> np.ndarray:
+        """tokens int (M, h, w) -> uint8 (M, H, W, 3) numpy."""
+        return self.tokenizer.decode_video(tokens).numpy()
+
+    # -- sampling -----------------------------------------------------------------------------------------------
+
+    def _generator(self, options: SamplingOptions) -> torch.Generator:
+        return torch.Generator(device=self.device).manual_seed(int(options.get("seed", 0)))
+
+    def _config(self, options: SamplingOptions) -> wd_masking.SamplerConfig:
+        unknown = set(options) - set(SamplingOptions.__annotations__)
+        if unknown:
+            raise TypeError(f"unknown options {sorted(unknown)}; expected some of {sorted(SamplingOptions.__annotations__)}")
+        return self.defaults.sampler_config(**{key: value for key, value in options.items()
+                                               if key not in ("num_frames", "seed")})
+
+    def _model_fn(self, tokens: torch.Tensor, cond: STPTCondition) -> torch.Tensor:
+        with autocast(self.device, self.dtype):
+            return self.stpt(tokens, cond)
+
+    def _sample(
+        self,
+        tokens: torch.Tensor,
+        known: torch.Tensor,
+        prompt: str,
+        actions: torch.Tensor | None,
+        config: wd_masking.SamplerConfig,
+        generator: torch.Generator,
+    ) -> torch.Tensor:
+        """One window: tokens/known (1, N, h, w), actions (N, A) or None -> tokens (1, N, h, w) on the device."""
+        text, text_mask = self.text_encoder.encode([prompt])
+        cond = STPTCondition(text=text.to(self.device), text_mask=text_mask.to(self.device),
+                             actions=None if actions is None else actions[None].to(self.device))
+        # With neither prompt nor actions both branches are the null prompt: guidance would change nothing.
+        guided = config.guidance_scale > 0 and (bool(text_mask.any()) or actions is not None)
+        if not guided:
+            config = dataclasses.replace(config, guidance_scale=0.0)
+        result = wd_masking.sample(self._model_fn, tokens.to(self.device), known.to(self.device),
+                                   mask_id=self.mask_id, cond=cond, uncond=cond.unconditional() if guided else None,
+                                   config=config, generator=generator)
+        return result.tokens
+
+    def _rollout(
+        self, given: torch.Tensor | None, prompt: str, actions: torch.Tensor | None, options: SamplingOptions
+    ) -> Generation:
+        """given tokens (k, h, w) or None -> num_frames frames, window by window (frame i keeps actions[i])."""
+        config, generator = self._config(options), self._generator(options)
+        window, context = self.defaults.num_frames, self.defaults.context_frames
+        total = options.get("num_frames", window)
+        first = min(window, total)
+        if given is None:
+            tokens, known = wd_masking.text_to_video(1, first, *self.token_shape, self.mask_id)
+        elif len(given) > first:
+            raise ValueError(f"{len(given)} given frames do not fit the first window of {first} frames")
+        else:
+            tokens, known = wd_masking.image_to_video(given[None], first, self.mask_id)
+        out = self._sample(tokens, known, prompt, None if actions is None else actions[:first], config, generator)
+        knowns = [known]
+        while out.shape[1] < total:
+            start = out.shape[1] - context  # the window covers output frames [start, start + length)
+            length = min(window, total - start)
+            tokens, known = wd_masking.video_continuation(out, context, length, self.mask_id)
+            window_actions = None if actions is None else actions[start : start + length]
+            new = self._sample(tokens, known, prompt, window_actions, config, generator)
+            out = torch.cat([out, new[:, context:]], dim=1)
+            knowns.append(torch.zeros_like(known[:, context:]))
+        return self._generation(out[0], torch.cat(knowns, dim=1)[0])
+
+    def _fill(
+        self,
+        tokens: torch.Tensor,
+        known: torch.Tensor,
+        prompt: str,
+        options: SamplingOptions,
+        generator: torch.Generator | None = None,
+    ) -> Generation:
+        """Sample the unknown tokens of a whole video (1, M, h, w), `defaults.num_frames` frames at a time."""
+        if "num_frames" in options:
+            raise TypeError("num_frames does not apply here: the input video sets the length")
+        config, generator = self._config(options), generator or self._generator(options)
+        window = self.defaults.num_frames
+        chunks = [self._sample(tokens[:, start : start + window], known[:, start : start + window], prompt, None,
+                               config, generator) for start in range(0, tokens.shape[1], window)]
+        return self._generation(torch.cat(chunks, dim=1)[0], known[0])
+
+    def _generation(self, tokens: torch.Tensor, known: torch.Tensor) -> Generation:
+        tokens = tokens.cpu()
+        return Generation(self.decode(tokens), tokens.numpy(), known.cpu().numpy())
+
+    # -- files ----------------------------------------------------------------------------------------------------
+
+    def save_pretrained(self, directory: str | os.PathLike) -> None:
+        """Write directory/{tokenizer,stpt,text_encoder}/ + pipeline.json (part classes, package versions,
+        defaults), all at once: the directory appears (or is replaced) only when complete."""
+        with atomic_directory(directory) as staging:
+            self.tokenizer.save_pretrained(staging / "tokenizer")
+            self.stpt.save_pretrained(staging / "stpt")
+            self.text_encoder.save_pretrained(staging / "text_encoder")
+            config = {
+                "classes": {"tokenizer": type(self.tokenizer).__name__, "stpt": type(self.stpt).__name__,
+                            "text_encoder": type(unwrap(self.text_encoder)).__name__},
+                "versions": {package: package_version(package) for package in PACKAGES},
+                "defaults": dataclasses.asdict(self.defaults),
+            }
+            atomic_write_text(staging / PIPELINE_FILE, json_text(config))
+
+    @classmethod
+    def from_pretrained(
+        cls, directory: str | os.PathLike, device: str | torch.device | None = None, dtype: str | torch.dtype | None = None
+    ) -> WorldDreamerPipeline:
+        """Load a directory written by `save_pretrained` onto `device` (see `to`); a missing or malformed part,
+        or parts that do not fit together, raise a one-line FileNotFoundError / ValueError naming the file."""
+        directory = Path(directory)
+        if not directory.is_dir():
+            raise FileNotFoundError(f"pipeline directory {directory} does not exist")
+        path = directory / PIPELINE_FILE
+        config = read_json(path)
+        expected = {"tokenizer": VQGAN.__name__, "stpt": STPT.__name__}
+        classes = config.get("classes")
+        if not isinstance(classes, dict) or any(classes.get(part) != name for part, name in expected.items()):
+            raise ValueError(f"{path}: 'classes' must name tokenizer {expected['tokenizer']} and stpt "
+                             f"{expected['stpt']}, got {classes!r}")
+        try:
+            defaults = PipelineDefaults.from_dict(config.get("defaults", {}))
+        except (TypeError, ValueError) as error:
+            raise ValueError(f"{path}: bad defaults: {error}") from None
+        for part in PARTS:
+            if not (directory / part).is_dir():
+                raise FileNotFoundError(f"{directory / part} is missing; a pipeline directory holds {', '.join(PARTS)}")
+        target = resolve_device(device)
+        tokenizer = VQGAN.from_pretrained(directory / "tokenizer", device=target)
+        stpt = STPT.from_pretrained(directory / "stpt", device=target)
+        text_encoder = load_text_encoder(directory / "text_encoder", device=target)
+        if classes.get("text_encoder") != type(text_encoder).__name__:
+            raise ValueError(f"{path} names text encoder {classes.get('text_encoder')!r}, but "
+                             f"{directory / 'text_encoder'} holds a {type(text_encoder).__name__}")
+        try:
+            pipeline = cls(tokenizer, stpt, text_encoder, defaults)
+        except ValueError as error:
+            raise ValueError(f"{directory}: {error}") from None
+        return pipeline.to(target, dtype)
+
+
+def _check_parts(tokenizer: VQGAN, stpt: STPT, text_encoder: TextEncoder, defaults: PipelineDefaults) -> None:
+    """ValueError unless the parts fit: one codebook, one text width, frames that tokenize into STPT windows."""
+    if stpt.config.codebook_size != tokenizer.codebook_size:
+        raise ValueError(f"STPT codebook_size {stpt.config.codebook_size} != tokenizer codebook_size "
+                         f"{tokenizer.codebook_size}")
+    if stpt.config.text_dim != text_encoder.dim:
+        raise ValueError(f"STPT text_dim {stpt.config.text_dim} != text encoder dim {text_encoder.dim}")
+    f, stride = tokenizer.downsample_factor, stpt.config.patch_stride
+    if defaults.height % f or defaults.width % f:
+        raise ValueError(f"frame size {defaults.height}x{defaults.width} is not divisible by the tokenizer's "
+                         f"factor {f}")
+    if (defaults.height // f) % stride or (defaults.width // f) % stride:
+        raise ValueError(f"token grid {defaults.height // f}x{defaults.width // f} is not divisible by the STPT "
+                         f"patch_stride {stride}")
