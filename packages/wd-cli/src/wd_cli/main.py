@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import click
 
+from wd_cli.generate import generate
 from wd_cli.info import collect_info, format_info
 
 
@@ -27,3 +28,6 @@ def info() -> None:
       wd info
     """
     click.echo(format_info(collect_info()))
+
+
+cli.add_command(generate)

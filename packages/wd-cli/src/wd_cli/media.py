@@ -17,6 +17,11 @@ from wd_data.transforms import crop_offset, resized_shape
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".webp", ".tif", ".tiff"}
 
 
+def _tensor(array: np.ndarray | torch.Tensor) -> torch.Tensor:
+    """A CPU tensor of `array` (numpy arrays are copied: decoded frames are often read-only)."""
+    return array.cpu() if isinstance(array, torch.Tensor) else torch.from_numpy(np.array(array))
+
+
 def _fit(planes: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
     """float (M, C, H, W) -> (M, C, *size): resized (antialiased bilinear) to cover size, centre-cropped."""
     if tuple(planes.shape[-2:]) == tuple(size):
@@ -30,7 +35,7 @@ def _fit(planes: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
 def fit_frames(frames: np.ndarray | torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
     """uint8 (M, H, W, 3) or one image (H, W, 3) -> uint8 (M, *size, 3) on the CPU, resized and centre-cropped
     like `wd_data.read_video` does (a no-op at the right size)."""
-    frames = torch.as_tensor(np.asarray(frames))
+    frames = _tensor(frames)
     if frames.ndim == 3:
         frames = frames[None]
     if frames.dtype != torch.uint8 or frames.ndim != 4 or frames.shape[-1] != 3 or not len(frames):
@@ -44,7 +49,7 @@ def fit_frames(frames: np.ndarray | torch.Tensor, size: tuple[int, int]) -> torc
 def fit_mask(mask: np.ndarray | torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
     """bool (H, W) or (M, H, W) -> bool (..., *size) with the frames' geometry; a pixel is in the region if the
     resized mask covers it at all, so the region never shrinks."""
-    mask = torch.as_tensor(np.asarray(mask))
+    mask = _tensor(mask)
     if mask.dtype != torch.bool or mask.ndim not in (2, 3):
         raise ValueError(f"mask must be bool (H, W) or (M, H, W), got {mask.dtype} {tuple(mask.shape)}")
     planes = mask.reshape(-1, 1, *mask.shape[-2:]).float()

@@ -166,8 +166,8 @@ class WorldDreamerPipeline:
             raise ValueError("give exactly one of mask or box")
         video = np.asarray(video)
         region = wd_masking.box_region(*video.shape[-3:-1], box) if box is not None else torch.as_tensor(mask)
-        if region.ndim == 3 and video.ndim == 4 and len(region) != len(video):
-            raise ValueError(f"mask has {len(region)} frames, the video {len(video)}")
+        if tuple(region.shape[-2:]) != video.shape[-3:-1] or (region.ndim == 3 and len(region) != len(video)):
+            raise ValueError(f"mask {tuple(region.shape)} does not fit the video's {video.shape[:-1]} frames")
         region = fit_mask(region, (self.defaults.height, self.defaults.width))
         tokens, known = wd_masking.inpainting(self.encode(video)[None], region, self.mask_id,
                                               downsample_factor=self.tokenizer.downsample_factor)

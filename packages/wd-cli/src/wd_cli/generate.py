@@ -1,0 +1,170 @@
+"""`wd generate`: run one of the five tasks with a pipeline directory and write the video (and its tokens)."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import click
+import numpy as np
+from wd_data import MediaReadError, read_image, write_video
+from wd_tokenizer.io import atomic_writer
+
+from wd_cli.media import read_actions, read_frames, read_mask
+from wd_cli.pipeline import Box, Generation, SamplingOptions, WorldDreamerPipeline
+
+INPUTS = ("prompt", "image", "video", "mask", "box", "actions", "mask_ratio")
+# Per task: the inputs it needs, and the ones it also accepts.
+NEEDS = {"text2video": {"prompt"}, "image2video": {"image"}, "inpaint": {"video"}, "stylize": {"video", "prompt"},
+         "action2video": {"image", "actions"}}
+ACCEPTS = {"text2video": {"prompt"}, "image2video": {"image", "prompt"}, "inpaint": {"video", "mask", "box", "prompt"},
+           "stylize": {"video", "prompt", "mask_ratio"}, "action2video": {"image", "actions", "prompt"}}
+VIDEO_SUFFIXES = (".mp4", ".gif")
+
+
+@dataclass
+class GenerateArgs:
+    """Everything `wd generate` was given; one field per flag."""
+
+    task: str
+    checkpoint: Path
+    out: Path
+    prompt: str | None = None
+    image: Path | None = None
+    video: Path | None = None
+    mask: Path | None = None
+    box: Box | None = None
+    actions: Path | None = None
+    mask_ratio: float | None = None
+    frames: int | None = None
+    steps: int | None = None
+    guidance: float | None = None
+    temperature: float | None = None
+    top_k: int | None = None
+    seed: int = 0
+    fps: float | None = None
+    tokens_out: Path | None = None
+    device: str = "auto"
+    dtype: str = "auto"
+
+
+def check_args(args: GenerateArgs) -> None:
+    """click.UsageError for a missing input, one the task does not use, or --mask together with --box."""
+    given = {name for name in INPUTS if getattr(args, name) is not None}
+    missing, unused = sorted(NEEDS[args.task] - given), sorted(given - ACCEPTS[args.task])
+    if missing:
+        raise click.UsageError(f"--task {args.task} needs {_flag(missing[0])}")
+    if unused:
+        raise click.UsageError(f"{_flag(unused[0])} does not apply to --task {args.task}")
+    if args.task == "inpaint" and (args.mask is None) == (args.box is None):
+        raise click.UsageError("--task inpaint needs exactly one of --mask and --box")
+    if args.out.suffix.lower() not in VIDEO_SUFFIXES:
+        raise click.UsageError(f"--out {args.out}: the suffix picks the format, use one of {VIDEO_SUFFIXES}")
+    if args.tokens_out is not None and args.tokens_out.suffix != ".npy":
+        raise click.UsageError(f"--tokens-out {args.tokens_out}: tokens are written as .npy")
+
+
+def _flag(name: str) -> str:
+    return "--" + name.replace("_", "-")
+
+
+def run_task(pipeline: WorldDreamerPipeline, args: GenerateArgs) -> Generation:
+    """Read the task's inputs and run it (frame count, sampler settings and seed from args)."""
+    options = SamplingOptions(seed=args.seed)
+    for key, value in (("steps", args.steps), ("guidance_scale", args.guidance), ("temperature", args.temperature),
+                       ("top_k", args.top_k)):
+        if value is not None:
+            options[key] = value
+    if args.frames is not None and args.task in ("text2video", "image2video", "action2video"):
+        options["num_frames"] = args.frames
+    match args.task:
+        case "text2video":
+            return pipeline.text_to_video(args.prompt, **options)
+        case "image2video":
+            return pipeline.image_to_video(read_image(args.image), args.prompt, **options)
+        case "action2video":
+            return pipeline.action_to_video(read_image(args.image), read_actions(args.actions), args.prompt, **options)
+    video = read_frames(args.video, args.frames)
+    if args.task == "stylize":
+        return pipeline.stylize(video, args.prompt, args.mask_ratio, **options)
+    mask = None if args.mask is None else read_mask(args.mask, len(video))
+    return pipeline.inpaint(video, mask=mask, box=args.box, prompt=args.prompt or "", **options)
+
+
+def write_outputs(result: Generation, args: GenerateArgs, fps: float) -> None:
+    """The video to args.out and, if asked, the tokens int64 (N, h, w) to args.tokens_out (both atomically)."""
+    write_video(args.out, result.frames, fps=fps)
+    if args.tokens_out is not None:
+        args.tokens_out.parent.mkdir(parents=True, exist_ok=True)
+        with atomic_writer(args.tokens_out) as temporary, open(temporary, "wb") as handle:
+            np.save(handle, result.tokens)
+
+
+@contextlib.contextmanager
+def one_line_errors() -> Iterator[None]:
+    """User mistakes (bad files, checkpoints or values) end as a one-line click error, never a traceback."""
+    try:
+        yield
+    except (FileNotFoundError, MediaReadError, ValueError, TypeError) as error:
+        raise click.ClickException(str(error).splitlines()[0] if str(error) else type(error).__name__) from None
+
+
+def _parse_box(context: click.Context, parameter: click.Parameter, value: str | None) -> Box | None:
+    if value is None:
+        return None
+    try:
+        top, left, bottom, right = (int(part) for part in value.split(","))
+    except ValueError:
+        raise click.BadParameter(f"expected four integers T,L,B,R in pixels (e.g. 0,0,16,16), got {value!r}") from None
+    return top, left, bottom, right
+
+
+existing_file = click.Path(exists=True, dir_okay=False, path_type=Path)
+
+
+@click.command()
+@click.option("--task", type=click.Choice(list(NEEDS)), required=True, help="Which of the five tasks to run.")
+@click.option("--checkpoint", required=True, type=click.Path(path_type=Path),
+              help="A pipeline directory (WorldDreamerPipeline.save_pretrained, `wd train export`, the quickstart).")
+@click.option("--out", required=True, type=click.Path(dir_okay=False, path_type=Path), help="Output video, .mp4 or .gif.")
+@click.option("--prompt", help="Text prompt (needed by text2video and stylize).")
+@click.option("--image", type=existing_file, help="First frame (image2video, action2video).")
+@click.option("--video", type=existing_file, help="Input video (inpaint, stylize).")
+@click.option("--mask", type=existing_file, help="Inpainting mask image or video, white = regenerate.")
+@click.option("--box", callback=_parse_box, metavar="T,L,B,R", help="Inpainting box in the video's pixels.")
+@click.option("--actions", type=existing_file, help="CSV or JSON actions, one row per frame (action2video).")
+@click.option("--mask-ratio", type=click.FloatRange(0, 1), help="Fraction of tokens stylize redraws.")
+@click.option("--frames", type=click.IntRange(min=1),
+              help="Frames to generate (longer than the model's window rolls out), or the first frames of --video to use "
+                   "(default: all).")
+@click.option("--steps", type=click.IntRange(min=1), help="Decoding steps (default: the pipeline's, 10).")
+@click.option("--guidance", type=click.FloatRange(min=0), help="Classifier-free guidance scale (0 = none).")
+@click.option("--temperature", type=click.FloatRange(min=0), help="Sampling temperature (0 = argmax).")
+@click.option("--top-k", type=click.IntRange(min=1), help="Draw only from the k likeliest tokens.")
+@click.option("--seed", type=int, default=0, show_default=True, help="Random seed.")
+@click.option("--fps", type=click.FloatRange(min=0, min_open=True), help="Output frame rate (default: the pipeline's).")
+@click.option("--tokens-out", type=click.Path(dir_okay=False, path_type=Path), help="Also save tokens (N, h, w) as .npy.")
+@click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda, cuda:1, ...")
+@click.option("--dtype", type=click.Choice(["auto", "fp32", "bf16", "fp16"]), default="auto", show_default=True,
+              help="STPT precision (auto: bf16 on CUDA, else fp32).")
+def generate(**values: object) -> None:
+    """Run one task of a pipeline and write the video.
+
+    \b
+    Example:
+      wd generate --task text2video --prompt "a red circle moves up" --checkpoint runs/pipeline --out red.mp4
+      wd generate --task image2video --image first.png --frames 32 --checkpoint runs/pipeline --out go.gif
+      wd generate --task inpaint --video clip.mp4 --box 0,0,32,32 --checkpoint runs/pipeline --out fixed.mp4
+      wd generate --task action2video --image road.png --actions left.csv --checkpoint runs/drive --out left.mp4
+    """
+    args = GenerateArgs(**values)
+    check_args(args)
+    with one_line_errors():
+        pipeline = WorldDreamerPipeline.from_pretrained(args.checkpoint, device=args.device, dtype=args.dtype)
+        result = run_task(pipeline, args)
+        write_outputs(result, args, args.fps or pipeline.defaults.fps)
+    frames, height, width, _ = result.frames.shape
+    click.echo(f"wrote {args.out} ({frames} frames, {height}x{width})"
+               + (f" and {args.tokens_out}" if args.tokens_out else ""))
