@@ -1,0 +1,142 @@
+"""The STPT training run's configuration: one dataclass per config file section."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from wd_cli.train.configfile import ConfigError
+
+SOURCE_KINDS = ("token_cache", "shapes", "drive", "video_text", "image_text", "nuscenes")
+
+
+@dataclass
+class ModelSection:
+    """An STPT preset plus field overrides; `codebook_size` and `text_dim` come from the data when not given."""
+
+    preset: str = "tiny"
+    overrides: dict[str, Any] = field(default_factory=dict)
+    tokenizer: str | None = None  # VQGAN directory: tokenizes on-the-fly sources, decodes sample videos
+    text_encoder: str | None = None  # text encoder directory (wd_cli.text_encoders.load_text_encoder)
+    init_from: str | None = None  # checkpoint, STPT or pipeline directory: weights only (fine-tuning)
+
+
+@dataclass
+class SourceConfig:
+    """One data source; each micro-batch comes from one source, picked with probability ~ weight.
+
+    `path`: the token cache, manifest, image folder or nuScenes dataroot; `options`: fields of the matching
+    wd_data config (ShapesConfig, DriveConfig, VideoTextConfig, ImageTextConfig, NuScenesConfig)."""
+
+    kind: Literal["token_cache", "shapes", "drive", "video_text", "image_text", "nuscenes"]
+    path: str | None = None
+    weight: float = 1.0
+    options: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class DataSection:
+    sources: list[SourceConfig]
+    batch_size: int = 8  # global samples per micro-batch, split evenly over the ranks
+
+
+@dataclass
+class LossSection:
+    """Paper eq. 5 with wd_masking's mask mixture (shared / prefix-frames / box masks)."""
+
+    mask_shared: float = 0.8
+    mask_prefix: float = 0.1
+    mask_box: float = 0.1
+    mask_schedule: str = "cosine"
+    label_smoothing: float = 0.0
+    prompt_dropout: float = 0.1
+
+
+@dataclass
+class OptimSection:
+    """AdamW, linear warmup then cosine decay to `min_lr_ratio * lr` (or constant), gradient clipping, EMA."""
+
+    lr: float = 5e-5
+    betas: tuple[float, float] = (0.9, 0.999)
+    weight_decay: float = 0.01  # on linear and conv weights only (not norms, biases, embeddings, positions)
+    warmup_steps: int = 1000
+    schedule: Literal["cosine", "constant"] = "cosine"
+    min_lr_ratio: float = 0.1
+    grad_clip: float | None = 1.0
+    ema_decay: float | None = None  # e.g. 0.9999; None: no EMA
+
+
+@dataclass
+class TrainSection:
+    steps: int = 10_000
+    grad_accumulation: int = 1
+    seed: int = 0
+    max_minutes: float | None = None  # stop (with a checkpoint) after this much training time in this call
+    mixed_precision: Literal["auto", "bf16", "no"] = "auto"  # auto: bf16 autocast on CUDA, float32 on CPU
+    device: str | None = None  # None: cuda:LOCAL_RANK when CUDA is available, else cpu
+
+
+@dataclass
+class CheckpointSection:
+    every: int = 1000
+    keep: int = 3
+    resume: str = "auto"  # "auto": newest complete checkpoint in run_dir; "none"; or a checkpoint directory
+
+
+@dataclass
+class LoggingSection:
+    every: int = 10  # metrics.jsonl (and TensorBoard) line every this many steps
+    tensorboard: bool = False
+    sample_every: int | None = None  # sample videos into run_dir/samples/ (needs model.tokenizer)
+    num_samples: int = 2
+    sample_steps: int = 10
+
+
+@dataclass
+class ParallelSection:
+    """Applied from outside the model (parallel.py): activation checkpointing, torch.compile, DDP or FSDP2."""
+
+    strategy: Literal["auto", "ddp", "fsdp"] = "auto"  # auto: DDP when WORLD_SIZE > 1
+    activation_checkpointing: bool = False
+    compile: bool = False
+    fsdp_param_dtype: Literal["float32", "bfloat16"] = "bfloat16"
+    fsdp_reduce_dtype: Literal["float32", "bfloat16"] = "float32"
+
+
+@dataclass
+class STPTRunConfig:
+    """Everything `train_stpt` needs; `wd train stpt --config FILE` maps FILE onto it."""
+
+    data: DataSection
+    model: ModelSection = field(default_factory=ModelSection)
+    loss: LossSection = field(default_factory=LossSection)
+    optim: OptimSection = field(default_factory=OptimSection)
+    train: TrainSection = field(default_factory=TrainSection)
+    checkpoint: CheckpointSection = field(default_factory=CheckpointSection)
+    logging: LoggingSection = field(default_factory=LoggingSection)
+    parallel: ParallelSection = field(default_factory=ParallelSection)
+
+    def __post_init__(self) -> None:
+        if not self.data.sources:
+            raise ConfigError("data.sources: give at least one source")
+        positive = {"data.batch_size": self.data.batch_size, "train.grad_accumulation": self.train.grad_accumulation,
+                    "checkpoint.every": self.checkpoint.every, "checkpoint.keep": self.checkpoint.keep,
+                    "logging.every": self.logging.every, "logging.num_samples": self.logging.num_samples,
+                    "logging.sample_steps": self.logging.sample_steps, "logging.sample_every": self.logging.sample_every}
+        non_negative = {"train.steps": self.train.steps, "optim.warmup_steps": self.optim.warmup_steps,
+                        "optim.lr": self.optim.lr, "optim.weight_decay": self.optim.weight_decay}
+        for key, value in positive.items():
+            if value is not None and value < 1:
+                raise ConfigError(f"{key}: must be >= 1, got {value}")
+        for key, value in non_negative.items():
+            if value < 0:
+                raise ConfigError(f"{key}: must be >= 0, got {value}")
+        for index, source in enumerate(self.data.sources):
+            if not source.weight > 0:
+                raise ConfigError(f"data.sources.{index}.weight: must be > 0, got {source.weight}")
+        if self.optim.ema_decay is not None and not 0 < self.optim.ema_decay < 1:
+            raise ConfigError(f"optim.ema_decay: must be in (0, 1), got {self.optim.ema_decay}")
+        if self.optim.ema_decay is not None and self.parallel.strategy == "fsdp":
+            raise ConfigError("optim.ema_decay: EMA is not supported with parallel.strategy = 'fsdp'")
+        if self.train.max_minutes is not None and self.train.max_minutes <= 0:
+            raise ConfigError(f"train.max_minutes: must be > 0, got {self.train.max_minutes}")

@@ -1,0 +1,36 @@
+"""Rank 0's metrics: `run_dir/metrics.jsonl` (one line per logged step) and optional TensorBoard scalars."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from wd_tokenizer.io import atomic_write_text
+from wd_tokenizer.training import logged_step
+
+
+class MetricsLog:
+    """Appends `{"step": ..., name: value}` lines; on resume the lines after the checkpoint's step go, so each
+    step is logged once (wd_tokenizer's training does the same)."""
+
+    def __init__(self, run_dir: Path, resumed_step: int, tensorboard: bool) -> None:
+        self.path = run_dir / "metrics.jsonl"
+        if self.path.exists():
+            kept = [line for line in self.path.read_text().splitlines() if logged_step(line) <= resumed_step]
+            atomic_write_text(self.path, "".join(line + "\n" for line in kept))
+        self.writer = None
+        if tensorboard:
+            from torch.utils.tensorboard import SummaryWriter  # the optional `tensorboard` extra
+
+            self.writer = SummaryWriter(str(run_dir / "tensorboard"), purge_step=resumed_step + 1)
+
+    def log(self, step: int, values: dict[str, float]) -> None:
+        with open(self.path, "a") as handle:
+            handle.write(json.dumps({"step": step, **values}) + "\n")
+        if self.writer is not None:
+            for name, value in values.items():
+                self.writer.add_scalar(f"train/{name}", value, step)
+
+    def close(self) -> None:
+        if self.writer is not None:
+            self.writer.close()

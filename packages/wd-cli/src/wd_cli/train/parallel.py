@@ -1,0 +1,88 @@
+"""Distributed setup and parallelism applied from outside the plain STPT (as torchtitan's parallelize.py):
+torch.compile per block, then DDP or FSDP2 `fully_shard` per block and at the root. Activation checkpointing
+is STPTConfig's switch, which the trainer sets from `parallel.activation_checkpointing` before building."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+from torch import nn
+from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
+from torch.nn.parallel import DistributedDataParallel
+
+from wd_cli.train.config import ParallelSection, TrainSection
+
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
+
+
+@dataclass(frozen=True)
+class DistributedEnv:
+    """Where this process stands: rank among world_size (1 without torchrun) and its device."""
+
+    rank: int
+    world_size: int
+    device: torch.device
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+
+def init_distributed(section: TrainSection) -> DistributedEnv:
+    """Read torchrun's RANK/WORLD_SIZE/LOCAL_RANK and start the process group (nccl on CUDA, gloo on CPU)."""
+    rank, world_size = int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
+    local_rank = int(os.environ.get("LOCAL_RANK", 0))
+    if section.device is not None:
+        device = torch.device(section.device)
+    else:
+        device = torch.device("cuda", local_rank) if torch.cuda.is_available() else torch.device("cpu")
+    if device.type == "cuda":
+        torch.cuda.set_device(device)
+    if world_size > 1 and not dist.is_initialized():
+        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+    return DistributedEnv(rank, world_size, device)
+
+
+def close_distributed() -> None:
+    if dist.is_initialized():
+        dist.destroy_process_group()
+
+
+def parallelize(model: nn.Module, section: ParallelSection, env: DistributedEnv) -> nn.Module:
+    """Compile each block (if asked), then wrap: FSDP2 per block + root, DDP when world_size > 1, else as is."""
+    if section.compile:
+        for block in model.blocks:
+            block.compile()
+    if section.strategy == "fsdp":
+        policy = MixedPrecisionPolicy(param_dtype=DTYPES[section.fsdp_param_dtype],
+                                      reduce_dtype=DTYPES[section.fsdp_reduce_dtype])
+        for block in model.blocks:
+            fully_shard(block, mp_policy=policy)
+        fully_shard(model, mp_policy=policy)
+        return model
+    if env.world_size > 1:
+        return DistributedDataParallel(model, device_ids=[env.device.index] if env.device.type == "cuda" else None)
+    return model
+
+
+def unwrap(model: nn.Module) -> nn.Module:
+    """The plain STPT under a DDP wrapper (FSDP2 keeps the module itself)."""
+    return model.module if isinstance(model, DistributedDataParallel) else model
+
+
+def any_rank(flag: bool, env: DistributedEnv) -> bool:
+    """True on every rank when `flag` is True on any rank (stop requests must be agreed on)."""
+    if env.world_size == 1:
+        return flag
+    value = torch.tensor([float(flag)], device=env.device if env.device.type == "cuda" else "cpu")
+    dist.all_reduce(value, op=dist.ReduceOp.MAX)
+    return bool(value.item())
+
+
+def autocast(section: TrainSection, env: DistributedEnv) -> torch.autocast:
+    """bf16 autocast on CUDA (mixed_precision auto or bf16), float32 elsewhere."""
+    enabled = section.mixed_precision == "bf16" or (section.mixed_precision == "auto" and env.device.type == "cuda")
+    return torch.autocast(env.device.type, dtype=torch.bfloat16, enabled=enabled)

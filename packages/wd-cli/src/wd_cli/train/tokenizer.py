@@ -1,0 +1,58 @@
+"""`wd train tokenizer`: a config file mapped onto wd_tokenizer's TrainConfig + a VQGAN preset + a frames
+source, then wd_tokenizer.train_vqgan (its loop, checkpoints and resume)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from wd_tokenizer import VQGAN, TrainConfig, frame_batches, get_config, train_vqgan
+
+from wd_cli.train.config import SourceConfig
+from wd_cli.train.configfile import ConfigError, dump_yaml
+from wd_cli.train.data import open_source
+
+CONFIG_FILE = "run_config.yaml"  # train_vqgan writes its own config.json next to it
+
+
+@dataclass
+class TokenizerRunConfig:
+    """`data`: a frames source (not a token cache); its first `num_clips` samples are loaded and batches of
+    `batch_size` frames are drawn from them by (seed, step)."""
+
+    data: SourceConfig
+    preset: str = "f16-small"
+    overrides: dict[str, Any] = field(default_factory=dict)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    batch_size: int = 8
+    num_clips: int = 256
+
+    def __post_init__(self) -> None:
+        if self.data.kind == "token_cache":
+            raise ConfigError("data.kind: a tokenizer trains on frames; a token_cache holds tokens")
+        for key in ("batch_size", "num_clips"):
+            if getattr(self, key) < 1:
+                raise ConfigError(f"{key}: must be >= 1, got {getattr(self, key)}")
+
+
+def load_frames(config: TokenizerRunConfig) -> torch.Tensor:
+    """uint8 (M, H, W, 3): every frame of the source's first `num_clips` samples."""
+    dataset = open_source(config.data, "data").dataset
+    count = min(config.num_clips, len(dataset))
+    return torch.cat([torch.as_tensor(dataset[index]["frames"]) for index in range(count)])
+
+
+def train_tokenizer(config: TokenizerRunConfig, run_dir: str | Path, progress: bool = True) -> VQGAN:
+    """Train (or resume) a VQGAN in `run_dir`; -> the model in eval mode."""
+    try:
+        model = VQGAN(get_config(config.preset, **config.overrides))
+    except (TypeError, ValueError) as error:
+        raise ConfigError(f"preset/overrides: {error}") from None
+    frames = load_frames(config)
+    run_dir = Path(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    (run_dir / CONFIG_FILE).write_text(dump_yaml(config))
+    batches = frame_batches(frames, config.batch_size, seed=config.train.seed)
+    return train_vqgan(model, batches, config.train, run_dir, progress=progress)

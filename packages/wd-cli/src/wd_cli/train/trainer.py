@@ -1,0 +1,263 @@
+"""The STPT training loop: `train_stpt(config, run_dir)` trains or resumes and returns the model in eval mode."""
+
+from __future__ import annotations
+
+import math
+import signal
+import time
+from contextlib import contextmanager, nullcontext
+from collections.abc import Iterator
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+from torch import nn
+from torch.nn.parallel import DistributedDataParallel
+from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
+from tqdm.auto import tqdm
+from wd_stpt import STPT, STPTConfig, get_config
+from wd_tokenizer import VQGAN
+
+from wd_cli.text_encoders import CachedTextEncoder, TextEncoder, load_text_encoder
+from wd_cli.train.checkpoint import init_weights_from, latest_checkpoint, load_checkpoint, save_checkpoint
+from wd_cli.train.config import OptimSection, STPTRunConfig
+from wd_cli.train.configfile import ConfigError, dump_yaml
+from wd_cli.train.data import BatchPreparer, DataStream, Source, cache_property, generator, open_sources
+from wd_cli.train.metrics import MetricsLog
+from wd_cli.train.objective import MaskedTokenObjective
+from wd_cli.train.parallel import DistributedEnv, any_rank, autocast, init_distributed, parallelize, unwrap
+from wd_cli.train.samples import sample_tokens, write_sample_videos
+
+CONFIG_FILE = "config.yaml"
+_MASK_STREAM, _SAMPLE_STREAM = 1, 2  # generator() stream ids, apart from the data draw's
+
+
+def _one_value(values: dict[str, int | None], field: str) -> int | None:
+    """The single value the named places agree on (None if none gives one); a ConfigError when they differ."""
+    given = {name: value for name, value in values.items() if value is not None}
+    if len(set(given.values())) > 1:
+        found = ", ".join(f"{name} {value}" for name, value in given.items())
+        raise ConfigError(f"{field} disagrees: {found}")
+    return next(iter(given.values()), None)
+
+
+def model_config(config: STPTRunConfig, sources: list[Source], tokenizer: VQGAN | None,
+                 text_encoder: TextEncoder | None) -> STPTConfig:
+    """The preset with overrides; codebook_size from the tokenizer / token caches and text_dim from the text
+    encoder / caches, each checked against the others and against an explicit override."""
+    overrides = dict(config.model.overrides)
+    codebook = _one_value({"model.tokenizer": tokenizer.codebook_size if tokenizer else None,
+                           "token cache metadata": cache_property(sources, "codebook_size"),
+                           "model.overrides": overrides.get("codebook_size")}, "codebook_size")
+    if codebook is None:
+        raise ConfigError("codebook_size: unknown; give model.tokenizer or token caches whose metadata has it")
+    text_dim = _one_value({"model.text_encoder": text_encoder.dim if text_encoder else None,
+                           "token cache text": cache_property(sources, "text_dim"),
+                           "model.overrides": overrides.get("text_dim")}, "text_dim")
+    overrides["codebook_size"] = codebook
+    if text_dim is not None:
+        overrides["text_dim"] = text_dim
+    overrides["activation_checkpointing"] = config.parallel.activation_checkpointing
+    try:
+        return get_config(config.model.preset, **overrides)
+    except (TypeError, ValueError) as error:
+        raise ConfigError(f"model: {error}") from None
+
+
+def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
+    """Weight decay on the weights of linear and conv layers only; norms, biases, embeddings, position tables
+    and the null prompt keep none (decaying them only pulls scales and lookups toward zero)."""
+    decayed = {id(module.weight) for module in model.modules()
+               if isinstance(module, nn.Linear | nn.Conv1d | nn.Conv2d | nn.Conv3d)}
+    params = [param for param in model.parameters() if param.requires_grad]
+    return [{"params": [p for p in params if id(p) in decayed], "weight_decay": weight_decay},
+            {"params": [p for p in params if id(p) not in decayed], "weight_decay": 0.0}]
+
+
+def lr_factor(section: OptimSection, total_steps: int, step: int) -> float:
+    """Linear warmup over `warmup_steps`, then cosine from 1 to `min_lr_ratio` at `total_steps` (or constant)."""
+    if step < section.warmup_steps:
+        return (step + 1) / section.warmup_steps
+    if section.schedule == "constant":
+        return 1.0
+    progress = min(1.0, (step - section.warmup_steps) / max(1, total_steps - section.warmup_steps))
+    return section.min_lr_ratio + (1 - section.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
+
+
+@contextmanager
+def stop_on_signals() -> Iterator[list[bool]]:
+    """Within the block SIGTERM/SIGINT only set the yielded flag (the loop saves and exits cleanly)."""
+    flag = [False]
+
+    def handler(signum, frame) -> None:
+        flag[0] = True
+
+    previous = {sig: signal.signal(sig, handler) for sig in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        yield flag
+    finally:
+        for sig, old in previous.items():
+            signal.signal(sig, old)
+
+
+class STPTTrainer:
+    """Builds everything one run needs from an `STPTRunConfig`; `fit` runs the steps."""
+
+    def __init__(self, config: STPTRunConfig, run_dir: str | Path, env: DistributedEnv) -> None:
+        self.config, self.run_dir, self.env = config, Path(run_dir), env
+        c = config
+        self.sources = open_sources(c.data)
+        self.tokenizer = _open_tokenizer(c.model.tokenizer, env.device)
+        self.text_encoder = _open_text_encoder(c.model.text_encoder)
+        for index, source in enumerate(self.sources):
+            if not source.tokenized and self.tokenizer is None:
+                raise ConfigError(f"data.sources.{index}: a {c.data.sources[index].kind} source needs model.tokenizer")
+        self.model_config = model_config(c, self.sources, self.tokenizer, self.text_encoder)
+        self.stream = DataStream(self.sources, c.data.batch_size, c.train.seed, env.rank, env.world_size)
+        self.objective = MaskedTokenObjective(c.loss, self.model_config.codebook_size)
+        self.resume_from = self._resume_path()
+
+        torch.manual_seed(c.train.seed)  # the same initial weights on every rank
+        model = STPT(self.model_config).to(env.device)
+        if c.model.init_from is not None and self.resume_from is None:
+            init_weights_from(model, c.model.init_from)
+        self.ema = None
+        if c.optim.ema_decay is not None:
+            self.ema = AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(c.optim.ema_decay), use_buffers=True)
+        torch.manual_seed(c.train.seed + env.rank)  # seeds offset by rank from here on
+        self.model = parallelize(model, c.parallel, env)
+        self.optimizer = torch.optim.AdamW(param_groups(unwrap(self.model), c.optim.weight_decay), lr=c.optim.lr,
+                                           betas=c.optim.betas)
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(
+            self.optimizer, lambda step: lr_factor(c.optim, c.train.steps, step))
+        self.prepare = BatchPreparer(env.device, self.tokenizer, self.text_encoder)
+        self.step = 0
+
+    def _resume_path(self) -> Path | None:
+        resume = self.config.checkpoint.resume
+        if resume == "auto":
+            return latest_checkpoint(self.run_dir)
+        if resume == "none":
+            return None
+        if not Path(resume).is_dir():
+            raise ConfigError(f"checkpoint.resume: {resume} is not a checkpoint directory (or 'auto', 'none')")
+        return Path(resume)
+
+    def train_step(self) -> dict[str, float]:
+        """One optimizer step over `grad_accumulation` micro-batches; -> loss, accuracy, lr, grad_norm."""
+        c, env = self.config, self.env
+        accumulation = c.train.grad_accumulation
+        loss_sum = accuracy_sum = 0.0
+        for micro in range(accumulation):
+            _, samples = self.stream.draw(self.step, micro)
+            batch = self.prepare(samples)
+            masks = generator(c.train.seed, self.step, micro, _MASK_STREAM)
+            last = micro == accumulation - 1
+            sync = nullcontext() if last or not isinstance(self.model, DistributedDataParallel) else self.model.no_sync()
+            with sync:
+                with autocast(c.train, env):
+                    loss, accuracy = self.objective(self.model, batch, masks, env.rank, env.world_size)
+                (loss / accumulation).backward()
+            loss_sum += loss.item() / accumulation
+            accuracy_sum += accuracy.item() / accumulation
+        params = [param for param in self.model.parameters() if param.grad is not None]
+        grad_norm = torch.nn.utils.clip_grad_norm_(params, c.optim.grad_clip or math.inf)
+        logs = {"lr": self.scheduler.get_last_lr()[0], "grad_norm": float(grad_norm)}
+        self.optimizer.step()
+        self.scheduler.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        if self.ema is not None:
+            self.ema.update_parameters(unwrap(self.model))
+        self.step += 1
+        return {"loss": loss_sum, "accuracy": accuracy_sum, **logs}
+
+    def tokens_per_step(self) -> int:
+        sample = self.sources[0].dataset[0]
+        frames, height, width = sample["tokens"].shape if "tokens" in sample else (
+            len(sample["frames"]), *(size // self.tokenizer.downsample_factor for size in sample["frames"].shape[1:3]))
+        return self.config.data.batch_size * self.config.train.grad_accumulation * frames * height * width
+
+    def _mean_over_ranks(self, logs: dict[str, float]) -> dict[str, float]:
+        if self.env.world_size == 1:
+            return logs
+        values = torch.tensor([logs["loss"], logs["accuracy"]], device=self.env.device, dtype=torch.float64)
+        dist.all_reduce(values)
+        return {**logs, "loss": values[0].item() / self.env.world_size,
+                "accuracy": values[1].item() / self.env.world_size}
+
+    def save(self) -> Path:
+        return save_checkpoint(self.run_dir, self.step, self.model, self.model_config, self.optimizer, self.scheduler,
+                               self.ema, self.stream.state_dict(), self.config.checkpoint.keep, self.env)
+
+    def sample_videos(self) -> None:
+        fixed = self.prepare([self.sources[0].dataset[index] for index in range(self.config.logging.num_samples)])
+        model = self.ema.module if self.ema is not None else unwrap(self.model)
+        with autocast(self.config.train, self.env):  # every rank runs the model (FSDP needs them all)
+            tokens = sample_tokens(model, fixed, self.config.logging.sample_steps, self.config.train.seed)
+        if self.env.is_main:
+            write_sample_videos(self.tokenizer, tokens.cpu(), self.run_dir, self.step)
+
+    def fit(self, progress: bool = True) -> STPT:
+        c, env = self.config, self.env
+        if self.resume_from is not None:
+            state = load_checkpoint(self.resume_from, self.model, self.optimizer, self.scheduler, self.ema, env)
+            self.step = state["step"]
+            self.stream.load_state_dict(state["data"])
+        if env.is_main:
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+            (self.run_dir / CONFIG_FILE).write_text(dump_yaml(c))
+        metrics = MetricsLog(self.run_dir, self.step, c.logging.tensorboard) if env.is_main else None
+        tokens_per_step = self.tokens_per_step()
+        start = time.monotonic()
+        bar = tqdm(total=c.train.steps, initial=self.step, disable=not (progress and env.is_main), desc="stpt")
+        self.model.train()
+        with stop_on_signals() as signalled:
+            while self.step < c.train.steps:
+                step_start = time.monotonic()
+                logs = self.train_step()
+                logs["tokens_per_second"] = tokens_per_step / (time.monotonic() - step_start)
+                bar.update(1)
+                bar.set_postfix(loss=f"{logs['loss']:.3f}", acc=f"{logs['accuracy']:.3f}",
+                                tok_s=f"{logs['tokens_per_second']:.0f}")
+                out_of_time = c.train.max_minutes is not None and time.monotonic() - start > 60 * c.train.max_minutes
+                stop = any_rank(signalled[0] or out_of_time, env)
+                last = stop or self.step == c.train.steps
+                if self.step % c.logging.every == 0 or last:
+                    logs = self._mean_over_ranks(logs)
+                    if metrics is not None:
+                        metrics.log(self.step, logs)
+                if c.logging.sample_every and self.tokenizer is not None and self.step % c.logging.sample_every == 0:
+                    self.sample_videos()
+                if self.step % c.checkpoint.every == 0 or last:
+                    self.save()
+                if stop:
+                    break
+        bar.close()
+        if metrics is not None:
+            metrics.close()
+        model = self.ema.module if self.ema is not None else unwrap(self.model)
+        return model.eval()
+
+
+def _open_tokenizer(path: str | None, device: torch.device) -> VQGAN | None:
+    if path is None:
+        return None
+    try:
+        return VQGAN.from_pretrained(path).to(device).eval()
+    except (OSError, ValueError) as error:
+        raise ConfigError(f"model.tokenizer: {' '.join(str(error).split())}") from None
+
+
+def _open_text_encoder(path: str | None) -> TextEncoder | None:
+    if path is None:
+        return None
+    try:
+        return CachedTextEncoder(load_text_encoder(path))
+    except (OSError, ValueError) as error:
+        raise ConfigError(f"model.text_encoder: {' '.join(str(error).split())}") from None
+
+
+def train_stpt(config: STPTRunConfig, run_dir: str | Path, progress: bool = True) -> STPT:
+    """Train (or resume, per `config.checkpoint.resume`) the STPT of `config` in `run_dir`; -> the model in eval
+    mode (the EMA weights when EMA is on). Under torchrun every rank calls this; rank 0 writes the files."""
+    return STPTTrainer(config, run_dir, init_distributed(config.train)).fit(progress)
