@@ -107,7 +107,7 @@ def one_line_errors() -> Iterator[None]:
     """User mistakes (bad files, checkpoints or values) end as a one-line click error, never a traceback."""
     try:
         yield
-    except (FileNotFoundError, MediaReadError, ValueError, TypeError) as error:
+    except (OSError, MediaReadError, ValueError) as error:  # OSError: missing or unwritable files
         raise click.ClickException(str(error).splitlines()[0] if str(error) else type(error).__name__) from None
 
 
@@ -128,7 +128,8 @@ existing_file = click.Path(exists=True, dir_okay=False, path_type=Path)
 @click.option("--task", type=click.Choice(list(NEEDS)), required=True, help="Which of the five tasks to run.")
 @click.option("--checkpoint", required=True, type=click.Path(path_type=Path),
               help="A pipeline directory (WorldDreamerPipeline.save_pretrained, `wd train export`, the quickstart).")
-@click.option("--out", required=True, type=click.Path(dir_okay=False, path_type=Path), help="Output video, .mp4 or .gif.")
+@click.option("--out", required=True, type=click.Path(dir_okay=False, path_type=Path),
+              help="Output video, .mp4 or .gif.")
 @click.option("--prompt", help="Text prompt (needed by text2video and stylize).")
 @click.option("--image", type=existing_file, help="First frame (image2video, action2video).")
 @click.option("--video", type=existing_file, help="Input video (inpaint, stylize).")
@@ -137,15 +138,16 @@ existing_file = click.Path(exists=True, dir_okay=False, path_type=Path)
 @click.option("--actions", type=existing_file, help="CSV or JSON actions, one row per frame (action2video).")
 @click.option("--mask-ratio", type=click.FloatRange(0, 1), help="Fraction of tokens stylize redraws.")
 @click.option("--frames", type=click.IntRange(min=1),
-              help="Frames to generate (longer than the model's window rolls out), or the first frames of --video to use "
-                   "(default: all).")
+              help="Frames to generate (past the model's window it rolls out), or the first frames of --video "
+                   "to use (default: all).")
 @click.option("--steps", type=click.IntRange(min=1), help="Decoding steps (default: the pipeline's, 10).")
 @click.option("--guidance", type=click.FloatRange(min=0), help="Classifier-free guidance scale (0 = none).")
 @click.option("--temperature", type=click.FloatRange(min=0), help="Sampling temperature (0 = argmax).")
 @click.option("--top-k", type=click.IntRange(min=1), help="Draw only from the k likeliest tokens.")
 @click.option("--seed", type=int, default=0, show_default=True, help="Random seed.")
 @click.option("--fps", type=click.FloatRange(min=0, min_open=True), help="Output frame rate (default: the pipeline's).")
-@click.option("--tokens-out", type=click.Path(dir_okay=False, path_type=Path), help="Also save tokens (N, h, w) as .npy.")
+@click.option("--tokens-out", type=click.Path(dir_okay=False, path_type=Path),
+              help="Also save the tokens int64 (N, h, w) as .npy.")
 @click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda, cuda:1, ...")
 @click.option("--dtype", type=click.Choice(["auto", "fp32", "bf16", "fp16"]), default="auto", show_default=True,
               help="STPT precision (auto: bf16 on CUDA, else fp32).")

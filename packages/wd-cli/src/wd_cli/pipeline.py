@@ -102,12 +102,14 @@ class WorldDreamerPipeline:
         self.defaults = defaults or PipelineDefaults()
         _check_parts(tokenizer, stpt, text_encoder, self.defaults)
         self.tokenizer, self.stpt = tokenizer.eval(), stpt.eval()
-        self.text_encoder = text_encoder if isinstance(text_encoder, CachedTextEncoder) else CachedTextEncoder(text_encoder)
+        cached = isinstance(text_encoder, CachedTextEncoder)
+        self.text_encoder = text_encoder if cached else CachedTextEncoder(text_encoder)
         self.device = next(stpt.parameters()).device
         self.dtype = torch.float32
 
     @property
     def mask_id(self) -> int:
+        """The [MASK] token id, one past the last real code."""
         return self.stpt.config.codebook_size
 
     @property
@@ -116,7 +118,9 @@ class WorldDreamerPipeline:
         f = self.tokenizer.downsample_factor
         return self.defaults.height // f, self.defaults.width // f
 
-    def to(self, device: str | torch.device | None = None, dtype: str | torch.dtype | None = None) -> WorldDreamerPipeline:
+    def to(
+        self, device: str | torch.device | None = None, dtype: str | torch.dtype | None = None
+    ) -> WorldDreamerPipeline:
         """Move tokenizer and STPT to `device` ("auto": cuda if available) and run the STPT under `dtype`
         autocast ("bf16", "fp16", "fp32"; fp16 on the CPU runs in fp32). The tokenizer always runs in fp32."""
         self.device = resolve_device(device)
@@ -203,7 +207,8 @@ class WorldDreamerPipeline:
     def _config(self, options: SamplingOptions) -> wd_masking.SamplerConfig:
         unknown = set(options) - set(SamplingOptions.__annotations__)
         if unknown:
-            raise TypeError(f"unknown options {sorted(unknown)}; expected some of {sorted(SamplingOptions.__annotations__)}")
+            raise TypeError(f"unknown options {sorted(unknown)}; expected some of "
+                            f"{sorted(SamplingOptions.__annotations__)}")
         return self.defaults.sampler_config(**{key: value for key, value in options.items()
                                                if key not in ("num_frames", "seed")})
 
@@ -240,6 +245,8 @@ class WorldDreamerPipeline:
         config, generator = self._config(options), self._generator(options)
         window, context = self.defaults.num_frames, self.defaults.context_frames
         total = options.get("num_frames", window)
+        if total < 1:
+            raise ValueError(f"num_frames must be >= 1, got {total}")
         first = min(window, total)
         if given is None:
             tokens, known = wd_masking.text_to_video(1, first, *self.token_shape, self.mask_id)
@@ -299,7 +306,10 @@ class WorldDreamerPipeline:
 
     @classmethod
     def from_pretrained(
-        cls, directory: str | os.PathLike, device: str | torch.device | None = None, dtype: str | torch.dtype | None = None
+        cls,
+        directory: str | os.PathLike,
+        device: str | torch.device | None = None,
+        dtype: str | torch.dtype | None = None,
     ) -> WorldDreamerPipeline:
         """Load a directory written by `save_pretrained` onto `device` (see `to`); a missing or malformed part,
         or parts that do not fit together, raise a one-line FileNotFoundError / ValueError naming the file."""
@@ -319,7 +329,8 @@ class WorldDreamerPipeline:
             raise ValueError(f"{path}: bad defaults: {error}") from None
         for part in PARTS:
             if not (directory / part).is_dir():
-                raise FileNotFoundError(f"{directory / part} is missing; a pipeline directory holds {', '.join(PARTS)}")
+                raise FileNotFoundError(f"{directory / part} is missing; a pipeline directory holds "
+                                        f"{', '.join(PARTS)}")
         target = resolve_device(device)
         tokenizer = VQGAN.from_pretrained(directory / "tokenizer", device=target)
         stpt = STPT.from_pretrained(directory / "stpt", device=target)
