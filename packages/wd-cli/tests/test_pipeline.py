@@ -45,10 +45,11 @@ def test_every_task_returns_frames_tokens_and_known(tiny_pipeline: WorldDreamerP
 
 
 def test_image_to_video_keeps_the_given_frames_exactly(tiny_pipeline: WorldDreamerPipeline) -> None:
-    given = RNG.integers(0, 256, (2, 48, 40, 3), dtype=np.uint8)
-    result = tiny_pipeline.image_to_video(given, "a red circle", num_frames=4, seed=0)
-    assert np.array_equal(result.tokens[:2], tiny_pipeline.encode(given).numpy())
-    assert result.known[:2].all() and not result.known[2:].any()
+    given = RNG.integers(0, 256, (3, 48, 40, 3), dtype=np.uint8)
+    result = tiny_pipeline.image_to_video(given, "a red circle", num_frames=7, seed=0)  # rolled out past 4
+    assert result.tokens.shape == (7, 4, 4)
+    assert np.array_equal(result.tokens[:3], tiny_pipeline.encode(given).numpy())
+    assert result.known[:3].all() and not result.known[3:].any()
 
 
 def test_inpaint_keeps_every_token_outside_the_region(tiny_pipeline: WorldDreamerPipeline) -> None:
@@ -159,6 +160,26 @@ def test_save_replaces_a_directory_in_one_swap(tiny_pipeline: WorldDreamerPipeli
     tiny_pipeline.save_pretrained(target)
     assert not (target / "stale.txt").exists() and (target / "pipeline.json").is_file()
     assert [p.name for p in tmp_path.iterdir()] == ["pipe"]  # no staging or old copy left behind
+
+
+def test_a_crash_while_saving_leaves_the_old_directory(
+    tiny_pipeline: WorldDreamerPipeline, tiny_pipeline_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    target = tmp_path / "pipe"
+    shutil.copytree(tiny_pipeline_dir, target)
+    before = sorted(str(p.relative_to(target)) for p in target.rglob("*"))
+
+    def crash(directory) -> None:
+        raise OSError("disk full")
+
+    monkeypatch.setattr(tiny_pipeline.stpt, "save_pretrained", crash)
+    with pytest.raises(OSError, match="disk full"):
+        tiny_pipeline.save_pretrained(target)
+    assert sorted(str(p.relative_to(target)) for p in target.rglob("*")) == before
+    assert [p.name for p in tmp_path.iterdir()] == ["pipe"]
+    with pytest.raises(OSError, match="disk full"):
+        tiny_pipeline.save_pretrained(tmp_path / "new")
+    assert not (tmp_path / "new").exists()
 
 
 def _broken_copy(source: Path, tmp_path: Path) -> Path:
