@@ -87,18 +87,20 @@ def test_rollout_continues_from_context_frames_with_aligned_actions(
     windows: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]] = []
     original = tiny_pipeline._sample
 
-    def recording(tokens, known, prompt, actions, config, generator):
-        out = original(tokens, known, prompt, actions, config, generator)
+    def recording(tokens, known, prompt, actions, config, generator, callback):
+        out = original(tokens, known, prompt, actions, config, generator, callback)
         windows.append((tokens, known, actions, out))
         return out
 
     monkeypatch.setattr(tiny_pipeline, "_sample", recording)
     actions = np.stack([np.arange(7), np.zeros(7)], axis=1).astype(np.float32)  # row i holds i
-    result = tiny_pipeline.action_to_video(IMAGE, actions, seed=0)
+    steps: list[int] = []
+    result = tiny_pipeline.action_to_video(IMAGE, actions, seed=0, callback=lambda step, tokens: steps.append(step))
     # Window 4, context 2: frames [0, 4), then [2, 6), then [4, 7); each new window appends what it adds.
     assert result.tokens.shape == (7, 4, 4)
     assert [tuple(w[0].shape[1:2]) for w in windows] == [(4,), (4,), (3,)]
     assert [w[2][:, 0].tolist() for w in windows] == [[0, 1, 2, 3], [2, 3, 4, 5], [4, 5, 6]]
+    assert steps == [0, 1, 2] * 3  # the callback sees every step of every window
     for (_, _, _, previous), (tokens, known, _, _) in zip(windows, windows[1:], strict=False):
         assert known[0, :2].all() and not known[0, 2:].any()
         assert torch.equal(tokens[0, :2], previous[0, -2:])  # the last two generated frames lead the next window

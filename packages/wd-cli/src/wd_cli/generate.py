@@ -9,6 +9,7 @@ from pathlib import Path
 
 import click
 import numpy as np
+from tqdm import tqdm
 from wd_data import MediaReadError, read_image, write_video
 from wd_tokenizer.io import atomic_writer
 
@@ -48,6 +49,7 @@ class GenerateArgs:
     tokens_out: Path | None = None
     device: str = "auto"
     dtype: str = "auto"
+    no_progress: bool = False
 
 
 def check_args(args: GenerateArgs) -> None:
@@ -70,9 +72,12 @@ def _flag(name: str) -> str:
     return "--" + name.replace("_", "-")
 
 
-def run_task(pipeline: WorldDreamerPipeline, args: GenerateArgs) -> Generation:
-    """Read the task's inputs and run it (frame count, sampler settings and seed from args)."""
+def run_task(pipeline: WorldDreamerPipeline, args: GenerateArgs, progress: tqdm | None = None) -> Generation:
+    """Read the task's inputs and run it (frame count, sampler settings and seed from args); `progress`
+    advances by one per decoding step."""
     options = SamplingOptions(seed=args.seed)
+    if progress is not None:
+        options["callback"] = lambda step, tokens: progress.update()
     for key, value in (("steps", args.steps), ("guidance_scale", args.guidance), ("temperature", args.temperature),
                        ("top_k", args.top_k)):
         if value is not None:
@@ -151,6 +156,7 @@ existing_file = click.Path(exists=True, dir_okay=False, path_type=Path)
 @click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda, cuda:1, ...")
 @click.option("--dtype", type=click.Choice(["auto", "fp32", "bf16", "fp16"]), default="auto", show_default=True,
               help="STPT precision (auto: bf16 on CUDA, else fp32).")
+@click.option("--no-progress", is_flag=True, help="Hide the progress bar.")
 def generate(**values: object) -> None:
     """Run one task of a pipeline and write the video.
 
@@ -165,7 +171,8 @@ def generate(**values: object) -> None:
     check_args(args)
     with one_line_errors():
         pipeline = WorldDreamerPipeline.from_pretrained(args.checkpoint, device=args.device, dtype=args.dtype)
-        result = run_task(pipeline, args)
+        with tqdm(desc=f"{args.task}", unit="step", disable=args.no_progress) as progress:
+            result = run_task(pipeline, args, progress)
         write_outputs(result, args, args.fps or pipeline.defaults.fps)
     frames, height, width, _ = result.frames.shape
     click.echo(f"wrote {args.out} ({frames} frames, {height}x{width})"

@@ -17,6 +17,7 @@ from typing import Any, NamedTuple, TypedDict, Unpack
 import numpy as np
 import torch
 import wd_masking
+from wd_masking.sampler import StepCallback
 from wd_stpt import STPT, STPTCondition
 from wd_tokenizer import VQGAN
 from wd_tokenizer.io import atomic_write_text, read_json
@@ -83,6 +84,7 @@ class SamplingOptions(TypedDict, total=False):
     choice_temperature: float
     top_k: int | None
     seed: int  # one torch.Generator on the device per call; default 0
+    callback: StepCallback  # callback(step, tokens) after every decoding step of every window
 
 
 class Generation(NamedTuple):
@@ -210,7 +212,7 @@ class WorldDreamerPipeline:
             raise TypeError(f"unknown options {sorted(unknown)}; expected some of "
                             f"{sorted(SamplingOptions.__annotations__)}")
         return self.defaults.sampler_config(**{key: value for key, value in options.items()
-                                               if key not in ("num_frames", "seed")})
+                                               if key not in ("num_frames", "seed", "callback")})
 
     def _model_fn(self, tokens: torch.Tensor, cond: STPTCondition) -> torch.Tensor:
         with autocast(self.device, self.dtype):
@@ -224,6 +226,7 @@ class WorldDreamerPipeline:
         actions: torch.Tensor | None,
         config: wd_masking.SamplerConfig,
         generator: torch.Generator,
+        callback: StepCallback | None = None,
     ) -> torch.Tensor:
         """One window: tokens/known (1, N, h, w), actions (N, A) or None -> tokens (1, N, h, w) on the device."""
         text, text_mask = self.text_encoder.encode([prompt])
@@ -235,14 +238,14 @@ class WorldDreamerPipeline:
             config = dataclasses.replace(config, guidance_scale=0.0)
         result = wd_masking.sample(self._model_fn, tokens.to(self.device), known.to(self.device),
                                    mask_id=self.mask_id, cond=cond, uncond=cond.unconditional() if guided else None,
-                                   config=config, generator=generator)
+                                   config=config, generator=generator, callback=callback)
         return result.tokens
 
     def _rollout(
         self, given: torch.Tensor | None, prompt: str, actions: torch.Tensor | None, options: SamplingOptions
     ) -> Generation:
         """given tokens (k, h, w) or None -> num_frames frames, window by window (frame i keeps actions[i])."""
-        config, generator = self._config(options), self._generator(options)
+        config, generator, callback = self._config(options), self._generator(options), options.get("callback")
         window, context = self.defaults.num_frames, self.defaults.context_frames
         total = options.get("num_frames", window)
         if total < 1:
@@ -254,14 +257,15 @@ class WorldDreamerPipeline:
             raise ValueError(f"{len(given)} given frames do not fit the first window of {first} frames")
         else:
             tokens, known = wd_masking.image_to_video(given[None], first, self.mask_id)
-        out = self._sample(tokens, known, prompt, None if actions is None else actions[:first], config, generator)
+        out = self._sample(tokens, known, prompt, None if actions is None else actions[:first], config, generator,
+                           callback)
         knowns = [known]
         while out.shape[1] < total:
             start = out.shape[1] - context  # the window covers output frames [start, start + length)
             length = min(window, total - start)
             tokens, known = wd_masking.video_continuation(out, context, length, self.mask_id)
             window_actions = None if actions is None else actions[start : start + length]
-            new = self._sample(tokens, known, prompt, window_actions, config, generator)
+            new = self._sample(tokens, known, prompt, window_actions, config, generator, callback)
             out = torch.cat([out, new[:, context:]], dim=1)
             knowns.append(torch.zeros_like(known[:, context:]))
         return self._generation(out[0], torch.cat(knowns, dim=1)[0])
@@ -280,7 +284,8 @@ class WorldDreamerPipeline:
         config, generator = self._config(options), generator or self._generator(options)
         window = self.defaults.num_frames
         chunks = [self._sample(tokens[:, start : start + window], known[:, start : start + window], prompt, None,
-                               config, generator) for start in range(0, tokens.shape[1], window)]
+                               config, generator, options.get("callback"))
+                  for start in range(0, tokens.shape[1], window)]
         return self._generation(torch.cat(chunks, dim=1)[0], known[0])
 
     def _generation(self, tokens: torch.Tensor, known: torch.Tensor) -> Generation:
