@@ -92,6 +92,19 @@ def test_cached_encoder_never_encodes_a_prompt_twice_and_matches_the_encoder() -
         assert torch.equal(got[0], expected[0]) and torch.equal(got[1], expected[1])
 
 
+def test_cached_encoder_drops_the_least_recently_used_prompt() -> None:
+    counting = CountingEncoder()
+    cached = CachedTextEncoder(counting, max_prompts=2)
+    cached.encode(["red", "blue"])
+    cached.encode(["red"])  # red is now the most recent
+    cached.encode(["green"])  # evicts blue
+    assert list(cached.cache) == ["red", "green"]
+    cached.encode(["red", "blue"])
+    assert counting.seen == ["red", "blue", "green", "blue"]
+    with pytest.raises(ValueError, match="max_prompts"):
+        CachedTextEncoder(counting, max_prompts=0)
+
+
 def test_hash_encoder_round_trip(tmp_path: Path) -> None:
     encoder = HashTextEncoder(dim=12, seed=7, max_length=6, position_weight=0.25)
     CachedTextEncoder(encoder).save_pretrained(tmp_path)

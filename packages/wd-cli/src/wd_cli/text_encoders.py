@@ -11,6 +11,7 @@ import json
 import math
 import os
 import re
+from collections import OrderedDict
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Protocol, runtime_checkable
@@ -180,20 +181,30 @@ class T5TextEncoder:
 
 
 class CachedTextEncoder:
-    """Any encoder behind a per-prompt cache: a prompt seen before never runs the encoder again."""
+    """Any encoder behind a per-prompt cache: a prompt among the last `max_prompts` used never runs the encoder
+    again (least recently used ones are dropped, so a dataset's captions cannot fill the memory)."""
 
-    def __init__(self, encoder: TextEncoder) -> None:
+    def __init__(self, encoder: TextEncoder, max_prompts: int = 10_000) -> None:
+        if max_prompts < 1:
+            raise ValueError(f"max_prompts must be >= 1, got {max_prompts}")
         self.encoder = encoder
         self.dim = encoder.dim
-        self.cache: dict[str, torch.Tensor] = {}  # prompt -> its real tokens (L_i, dim)
+        self.max_prompts = max_prompts
+        self.cache: OrderedDict[str, torch.Tensor] = OrderedDict()  # prompt -> its real tokens (L_i, dim)
 
     def encode(self, prompts: Sequence[str]) -> tuple[torch.Tensor, torch.Tensor]:
         """-> text float32 (B, L, dim), text_mask bool (B, L), re-padded from the cached rows."""
-        missing = list(dict.fromkeys(prompt for prompt in prompts if prompt not in self.cache))
+        found = {prompt: self.cache[prompt] for prompt in prompts if prompt in self.cache}
+        missing = list(dict.fromkeys(prompt for prompt in prompts if prompt not in found))
         if missing:
             text, mask = self.encoder.encode(missing)
-            self.cache.update((prompt, text[row, mask[row]]) for row, prompt in enumerate(missing))
-        return pad_embeddings([self.cache[prompt] for prompt in prompts], self.dim)
+            found.update((prompt, text[row, mask[row]].clone()) for row, prompt in enumerate(missing))
+        for prompt, embedding in found.items():
+            self.cache[prompt] = embedding
+            self.cache.move_to_end(prompt)
+        while len(self.cache) > self.max_prompts:
+            self.cache.popitem(last=False)
+        return pad_embeddings([found[prompt] for prompt in prompts], self.dim)
 
     def save_pretrained(self, directory: str | os.PathLike) -> None:
         """Save the wrapped encoder (the cache is not saved)."""
