@@ -12,10 +12,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from click.testing import CliRunner
 from safetensors.torch import load_file
 from wd_data import DriveConfig, DriveDataset, ShapesConfig, ShapesDataset, write_token_cache
 from wd_stpt import STPT
 
+from wd_cli.main import cli
+from wd_cli.pipeline import WorldDreamerPipeline
 from wd_cli.text_encoders import HashTextEncoder
 from wd_cli.train import (
     CheckpointSection,
@@ -200,6 +203,11 @@ def test_on_the_fly_shapes_with_a_tokenizer_and_text_encoder(tmp_path):
     model = train_stpt(config, tmp_path / "run", progress=False)
     assert model.config.codebook_size == 16 and model.config.text_dim == TEXT_DIM
     assert [path.name for path in (tmp_path / "run" / "samples").iterdir()] == ["step_0000002_0.mp4"]
+    result = CliRunner().invoke(cli, ["train", "export", str(tmp_path / "run"), str(tmp_path / "pipeline")])
+    assert result.exit_code == 0, result.output
+    pipeline = WorldDreamerPipeline.from_pretrained(tmp_path / "pipeline")
+    assert_same_tensors(pipeline.stpt.state_dict(), model.state_dict())
+    assert (pipeline.defaults.num_frames, pipeline.defaults.height, pipeline.defaults.width) == (2, 32, 32)
 
 
 RANK_SCRIPT = """
@@ -219,10 +227,10 @@ def test_two_process_ddp_matches_one_process(caches, tmp_path):
                         train=TrainSection(steps=3, grad_accumulation=2, device="cpu"))
     (tmp_path / "config.yaml").write_text(dump_yaml(config))
     (tmp_path / "rank_script.py").write_text(RANK_SCRIPT)
-    command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "0",
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
                str(tmp_path / "rank_script.py"), str(tmp_path / "config.yaml"), str(tmp_path / "ddp")]
     result = subprocess.run(command, env={**os.environ, "OMP_NUM_THREADS": "1"}, capture_output=True, text=True,
-                            timeout=300)
+                            timeout=120)
     assert result.returncode == 0, result.stderr[-3000:]
     rank0, rank1 = (load_file(tmp_path / "ddp" / f"rank{rank}.safetensors") for rank in (0, 1))
     assert_same_tensors(rank0, rank1)

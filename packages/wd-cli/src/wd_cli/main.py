@@ -6,6 +6,7 @@ import click
 
 from wd_cli.generate import generate
 from wd_cli.info import collect_info, format_info
+from wd_cli.train.cli import train
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -30,4 +31,5 @@ def info() -> None:
     click.echo(format_info(collect_info()))
 
 
+cli.add_command(train)
 cli.add_command(generate)

@@ -10,6 +10,7 @@ import click
 
 from wd_cli.train.config import STPTRunConfig
 from wd_cli.train.configfile import ConfigError, load_config
+from wd_cli.train.export import export_run
 from wd_cli.train.parallel import close_distributed
 from wd_cli.train.tokenizer import TokenizerRunConfig, train_tokenizer
 from wd_cli.train.trainer import train_stpt
@@ -81,3 +82,19 @@ def tokenizer(config_path: str, overrides: tuple[str, ...], no_progress: bool, r
     """
     train_tokenizer(load_config(TokenizerRunConfig, config_path, list(overrides)), run_dir,
                     progress=not no_progress)
+
+
+@train.command()
+@click.argument("run_dir", type=click.Path(file_okay=False, exists=True))
+@click.argument("out_dir", type=click.Path(file_okay=False))
+@click.option("--tokenizer", default=None, help="VQGAN directory (default: the run's model.tokenizer).")
+@click.option("--text-encoder", default=None, help="Text encoder directory (default: the run's model.text_encoder).")
+@one_line_errors
+def export(run_dir: str, out_dir: str, tokenizer: str | None, text_encoder: str | None) -> None:
+    """Write a pipeline directory (for wd generate) from RUN_DIR's newest checkpoint (EMA weights if kept).
+
+    \b
+    Example:
+      wd train export runs/stpt pipelines/shapes
+    """
+    click.echo(export_run(run_dir, out_dir, tokenizer, text_encoder))

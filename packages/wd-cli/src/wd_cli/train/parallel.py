@@ -64,7 +64,9 @@ def parallelize(model: nn.Module, section: ParallelSection, env: DistributedEnv)
         fully_shard(model, mp_policy=policy)
         return model
     if env.world_size > 1:
-        return DistributedDataParallel(model, device_ids=[env.device.index] if env.device.type == "cuda" else None)
+        # A batch without actions (or text) leaves the prompt MLPs unused, so DDP must look for unused parameters.
+        return DistributedDataParallel(model, device_ids=[env.device.index] if env.device.type == "cuda" else None,
+                                       find_unused_parameters=True)
     return model
 
 

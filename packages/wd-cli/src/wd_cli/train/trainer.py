@@ -107,8 +107,8 @@ class STPTTrainer:
         self.config, self.run_dir, self.env = config, Path(run_dir), env
         c = config
         self.sources = open_sources(c.data)
-        self.tokenizer = _open_tokenizer(c.model.tokenizer, env.device)
-        self.text_encoder = _open_text_encoder(c.model.text_encoder)
+        self.tokenizer = open_tokenizer(c.model.tokenizer, env.device)
+        self.text_encoder = open_text_encoder(c.model.text_encoder)
         for index, source in enumerate(self.sources):
             if not source.tokenized and self.tokenizer is None:
                 raise ConfigError(f"data.sources.{index}: a {c.data.sources[index].kind} source needs model.tokenizer")
@@ -239,7 +239,7 @@ class STPTTrainer:
         return model.eval()
 
 
-def _open_tokenizer(path: str | None, device: torch.device) -> VQGAN | None:
+def open_tokenizer(path: str | None, device: torch.device | str) -> VQGAN | None:
     if path is None:
         return None
     try:
@@ -248,7 +248,7 @@ def _open_tokenizer(path: str | None, device: torch.device) -> VQGAN | None:
         raise ConfigError(f"model.tokenizer: {' '.join(str(error).split())}") from None
 
 
-def _open_text_encoder(path: str | None) -> TextEncoder | None:
+def open_text_encoder(path: str | None) -> TextEncoder | None:
     if path is None:
         return None
     try:
