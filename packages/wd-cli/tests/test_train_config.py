@@ -12,6 +12,7 @@ from hypothesis import strategies as st
 from wd_cli.main import cli
 from wd_cli.train import ConfigError, OptimSection, STPTRunConfig, load_config
 from wd_cli.train.configfile import dump_yaml, from_dict, parse_scalar, to_plain
+from wd_cli.train.tokenizer import TokenizerRunConfig
 
 CONFIGS = Path(__file__).parents[1] / "configs"
 MINIMAL = '[[data.sources]]\nkind = "shapes"\n'
@@ -23,10 +24,12 @@ def write(tmp_path: Path, text: str, name: str = "run.toml") -> Path:
     return path
 
 
-def test_shipped_example_config_maps_onto_the_dataclasses():
+def test_shipped_example_configs_map_onto_the_dataclasses():
     config = load_config(STPTRunConfig, CONFIGS / "stpt-shapes.toml")
     assert config.data.sources[0].kind == "shapes" and config.optim.ema_decay == 0.999
     assert config.optim.betas == (0.9, 0.999)  # defaults fill what the file leaves out
+    tokenizer = load_config(TokenizerRunConfig, CONFIGS / "tokenizer-shapes.toml")
+    assert tokenizer.train.loss.disc_start == 1000 and tokenizer.train.steps == 2000
 
 
 def test_toml_and_yaml_give_the_same_config_and_the_saved_yaml_reads_back(tmp_path):

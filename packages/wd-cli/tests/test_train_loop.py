@@ -26,6 +26,7 @@ from wd_cli.train import (
     LoggingSection,
     ModelSection,
     OptimSection,
+    ParallelSection,
     SourceConfig,
     STPTRunConfig,
     TrainSection,
@@ -62,9 +63,10 @@ def caches(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     return {world: write_cache(root / world, world) for world in ("shapes", "drive")}
 
 
-def run_config(caches: dict[str, Path], steps: int = 6, **sections) -> STPTRunConfig:
-    sources = [SourceConfig("token_cache", str(caches["shapes"])),
-               SourceConfig("token_cache", str(caches["drive"]), weight=0.5)]
+def run_config(caches: dict[str, Path], steps: int = 6, worlds: tuple[str, ...] = ("shapes", "drive"),
+               **sections) -> STPTRunConfig:
+    weights = {"shapes": 1.0, "drive": 0.5}
+    sources = [SourceConfig("token_cache", str(caches[world]), weight=weights[world]) for world in worlds]
     defaults = dict(
         data=DataSection(sources=sources, batch_size=4),
         model=ModelSection(overrides=dict(TINY)),
@@ -109,10 +111,11 @@ def test_training_reduces_the_loss_on_two_caches(caches, tmp_path):
     assert (tmp_path / "config.yaml").read_text() == dump_yaml(config)
 
 
-def test_resume_matches_an_uninterrupted_run(caches, tmp_path, monkeypatch):
+@pytest.mark.parametrize("worlds", [("shapes", "drive"), ("shapes",)])
+def test_resume_matches_an_uninterrupted_run(caches, tmp_path, monkeypatch, worlds):
     """2N steps straight vs N steps, stopped by SIGTERM (which saves), then resumed: identical weights,
-    optimizer, scheduler and data position."""
-    straight = train_stpt(run_config(caches, steps=6), tmp_path / "straight", progress=False)
+    optimizer, scheduler and data position (also when no batch has actions, so the action MLP has no state)."""
+    straight = train_stpt(run_config(caches, steps=6, worlds=worlds), tmp_path / "straight", progress=False)
     log = MetricsLog.log
 
     def terminate_after_step_3(self, step, values):
@@ -121,16 +124,21 @@ def test_resume_matches_an_uninterrupted_run(caches, tmp_path, monkeypatch):
             os.kill(os.getpid(), signal.SIGTERM)
 
     monkeypatch.setattr(MetricsLog, "log", terminate_after_step_3)
-    train_stpt(run_config(caches, steps=6), tmp_path / "split", progress=False)
+    train_stpt(run_config(caches, steps=6, worlds=worlds), tmp_path / "split", progress=False)
     # The signal comes while step 3 is logged: step 4 finishes, saves and the run exits.
     assert latest_checkpoint(tmp_path / "split").name == "step_0000004"
     monkeypatch.undo()
-    resumed = train_stpt(run_config(caches, steps=6), tmp_path / "split", progress=False)
+    resumed = train_stpt(run_config(caches, steps=6, worlds=worlds), tmp_path / "split", progress=False)
     assert_same_tensors(straight.state_dict(), resumed.state_dict())
     (weights_a, state_a), (weights_b, state_b) = checkpoint_state(tmp_path / "straight"), checkpoint_state(tmp_path / "split")
     assert_same_tensors(weights_a, weights_b)
-    for key in ("step", "optimizer", "scheduler", "data"):
+    for key in ("step", "scheduler", "data"):
         assert_same_tensors(state_a[key], state_b[key])
+    optimizer_a, optimizer_b = state_a["optimizer"], state_b["optimizer"]
+    assert_same_tensors(optimizer_a["param_groups"], optimizer_b["param_groups"])
+    assert_same_tensors(optimizer_a["state"], {name: optimizer_b["state"][name] for name in optimizer_a["state"]})
+    for name in optimizer_b["state"].keys() - optimizer_a["state"].keys():  # never had a gradient (no actions):
+        assert not optimizer_b["state"][name]["exp_avg"].any()  # loading gives it an all-zero state
     steps = [json.loads(line)["step"] for line in (tmp_path / "split" / "metrics.jsonl").read_text().splitlines()]
     assert steps == list(range(1, 7))  # lines after the resumed checkpoint are written once
 
@@ -215,16 +223,19 @@ import sys, torch
 from safetensors.torch import save_file
 from wd_cli.train import STPTRunConfig, load_config, train_stpt
 model = train_stpt(load_config(STPTRunConfig, sys.argv[1]), sys.argv[2], progress=False)
-save_file({k: v.contiguous() for k, v in model.state_dict().items()}, f"{sys.argv[2]}/rank{torch.distributed.get_rank()}.safetensors")
+state = {k: (v.full_tensor() if hasattr(v, "full_tensor") else v).contiguous() for k, v in model.state_dict().items()}
+save_file(state, f"{sys.argv[2]}/rank{torch.distributed.get_rank()}.safetensors")
 """
 
 
 @pytest.mark.distributed
-def test_two_process_ddp_matches_one_process(caches, tmp_path):
-    """torchrun, 2 CPU ranks on gloo, global batch 4: both ranks end with identical weights, equal to one
-    process's with the same global batch."""
+@pytest.mark.parametrize("strategy", ["ddp", "fsdp"])
+def test_two_processes_match_one_process(caches, tmp_path, strategy):
+    """torchrun, 2 CPU ranks on gloo, global batch 4 (DDP, or FSDP2 in float32): both ranks end with identical
+    weights, equal to one process's with the same global batch."""
     config = run_config(caches, steps=3, checkpoint=CheckpointSection(every=3),
-                        train=TrainSection(steps=3, grad_accumulation=2, device="cpu"))
+                        train=TrainSection(steps=3, grad_accumulation=2, device="cpu"),
+                        parallel=ParallelSection(strategy=strategy, fsdp_param_dtype="float32"))
     (tmp_path / "config.yaml").write_text(dump_yaml(config))
     (tmp_path / "rank_script.py").write_text(RANK_SCRIPT)
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",

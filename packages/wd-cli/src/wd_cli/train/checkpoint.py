@@ -99,7 +99,9 @@ def load_checkpoint(directory: Path, model: nn.Module, optimizer: torch.optim.Op
         model_state = read_tensors(directory / "model" / "model.safetensors")
         state = torch.load(directory / TRAINER_STATE, map_location="cpu", weights_only=True)
         set_model_state_dict(model, model_state, options=StateDictOptions(full_state_dict=True))
-        set_optimizer_state_dict(model, optimizer, state["optimizer"], options=StateDictOptions(full_state_dict=True))
+        # Not strict: a parameter that never had a gradient (e.g. the action MLP on action-free data) has no state.
+        set_optimizer_state_dict(model, optimizer, state["optimizer"],
+                                 options=StateDictOptions(full_state_dict=True, strict=False))
         scheduler.load_state_dict(state["scheduler"])
         if ema is not None:
             ema.module.load_state_dict(read_tensors(directory / "ema" / "model.safetensors", env.device))

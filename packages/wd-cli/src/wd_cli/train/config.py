@@ -96,7 +96,7 @@ class LoggingSection:
 class ParallelSection:
     """Applied from outside the model (parallel.py): activation checkpointing, torch.compile, DDP or FSDP2."""
 
-    strategy: Literal["auto", "ddp", "fsdp"] = "auto"  # auto: DDP when WORLD_SIZE > 1
+    strategy: Literal["ddp", "fsdp"] = "ddp"  # used when WORLD_SIZE > 1; one process trains the plain model
     activation_checkpointing: bool = False
     compile: bool = False
     fsdp_param_dtype: Literal["float32", "bfloat16"] = "bfloat16"

@@ -52,10 +52,13 @@ def close_distributed() -> None:
 
 
 def parallelize(model: nn.Module, section: ParallelSection, env: DistributedEnv) -> nn.Module:
-    """Compile each block (if asked), then wrap: FSDP2 per block + root, DDP when world_size > 1, else as is."""
+    """Compile each block (if asked), then wrap when world_size > 1: FSDP2 per block + root (strategy "fsdp") or
+    DDP; a single process trains the plain model."""
     if section.compile:
         for block in model.blocks:
             block.compile()
+    if env.world_size == 1:
+        return model
     if section.strategy == "fsdp":
         policy = MixedPrecisionPolicy(param_dtype=DTYPES[section.fsdp_param_dtype],
                                       reduce_dtype=DTYPES[section.fsdp_reduce_dtype])
@@ -63,11 +66,9 @@ def parallelize(model: nn.Module, section: ParallelSection, env: DistributedEnv)
             fully_shard(block, mp_policy=policy)
         fully_shard(model, mp_policy=policy)
         return model
-    if env.world_size > 1:
-        # A batch without actions (or text) leaves the prompt MLPs unused, so DDP must look for unused parameters.
-        return DistributedDataParallel(model, device_ids=[env.device.index] if env.device.type == "cuda" else None,
-                                       find_unused_parameters=True)
-    return model
+    # A batch without actions (or text) leaves the prompt MLPs unused, so DDP must look for unused parameters.
+    return DistributedDataParallel(model, device_ids=[env.device.index] if env.device.type == "cuda" else None,
+                                   find_unused_parameters=True)
 
 
 def unwrap(model: nn.Module) -> nn.Module:
