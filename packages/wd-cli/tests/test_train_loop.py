@@ -198,19 +198,30 @@ def test_fine_tune_from_a_checkpoint_at_another_shape(caches, tmp_path):
     assert first_losses[False] < first_losses[True] - 0.3  # the pre-trained weights were loaded and fit
 
 
-def test_on_the_fly_shapes_with_a_tokenizer_and_text_encoder(tmp_path):
+def test_on_the_fly_drive_and_images_with_a_tokenizer_and_text_encoder(tmp_path):
+    """Frames tokenized during training: drive clips (actions) and an image folder (image mode) in one run,
+    action-conditioned sample videos, then export to a pipeline."""
+    from PIL import Image
     from wd_tokenizer import VQGAN, get_config
 
     tokenizer = VQGAN(get_config("f8-small", fsq_levels=[4, 4])).eval()  # 16 codes
     tokenizer.save_pretrained(tmp_path / "tokenizer")
     text_encoder.save_pretrained(tmp_path / "text")
+    (tmp_path / "images").mkdir()
+    for index in range(4):
+        Image.fromarray(np.full((32, 32, 3), 60 * index, dtype=np.uint8)).save(tmp_path / "images" / f"{index}.png")
+        (tmp_path / "images" / f"{index}.txt").write_text(f"a flat image of grey {index}")
+    sources = [SourceConfig("drive", options={"height": 32, "width": 32, "num_frames": 2}),
+               SourceConfig("image_text", str(tmp_path / "images"), options={"num_frames": 2, "size": 32})]
     config = STPTRunConfig(
-        data=DataSection([SourceConfig("shapes", options={"height": 32, "width": 32, "num_frames": 2})], batch_size=2),
+        data=DataSection(sources, batch_size=2),
         model=ModelSection(overrides=dict(TINY), tokenizer=str(tmp_path / "tokenizer"), text_encoder=str(tmp_path / "text")),
-        train=TrainSection(steps=2), logging=LoggingSection(every=1, sample_every=2, num_samples=1, sample_steps=2))
+        train=TrainSection(steps=4), logging=LoggingSection(every=1, sample_every=4, num_samples=1, sample_steps=2))
     model = train_stpt(config, tmp_path / "run", progress=False)
     assert model.config.codebook_size == 16 and model.config.text_dim == TEXT_DIM
-    assert [path.name for path in (tmp_path / "run" / "samples").iterdir()] == ["step_0000002_0.mp4"]
+    assert [path.name for path in (tmp_path / "run" / "samples").iterdir()] == ["step_0000004_0.mp4"]
+    state = torch.load(latest_checkpoint(tmp_path / "run") / TRAINER_STATE, weights_only=True)
+    assert (state["data"]["positions"] > 0).all()  # both sources were drawn in 4 steps
     result = CliRunner().invoke(cli, ["train", "export", str(tmp_path / "run"), str(tmp_path / "pipeline")])
     assert result.exit_code == 0, result.output
     pipeline = WorldDreamerPipeline.from_pretrained(tmp_path / "pipeline")
