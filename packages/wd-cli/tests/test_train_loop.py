@@ -130,7 +130,8 @@ def test_resume_matches_an_uninterrupted_run(caches, tmp_path, monkeypatch, worl
     monkeypatch.undo()
     resumed = train_stpt(run_config(caches, steps=6, worlds=worlds), tmp_path / "split", progress=False)
     assert_same_tensors(straight.state_dict(), resumed.state_dict())
-    (weights_a, state_a), (weights_b, state_b) = checkpoint_state(tmp_path / "straight"), checkpoint_state(tmp_path / "split")
+    (weights_a, state_a) = checkpoint_state(tmp_path / "straight")
+    (weights_b, state_b) = checkpoint_state(tmp_path / "split")
     assert_same_tensors(weights_a, weights_b)
     for key in ("step", "scheduler", "data"):
         assert_same_tensors(state_a[key], state_b[key])
@@ -215,7 +216,8 @@ def test_on_the_fly_drive_and_images_with_a_tokenizer_and_text_encoder(tmp_path)
                SourceConfig("image_text", str(tmp_path / "images"), options={"num_frames": 2, "size": 32})]
     config = STPTRunConfig(
         data=DataSection(sources, batch_size=2),
-        model=ModelSection(overrides=dict(TINY), tokenizer=str(tmp_path / "tokenizer"), text_encoder=str(tmp_path / "text")),
+        model=ModelSection(overrides=dict(TINY), tokenizer=str(tmp_path / "tokenizer"),
+                           text_encoder=str(tmp_path / "text")),
         train=TrainSection(steps=4), logging=LoggingSection(every=1, sample_every=4, num_samples=1, sample_steps=2))
     model = train_stpt(config, tmp_path / "run", progress=False)
     assert model.config.codebook_size == 16 and model.config.text_dim == TEXT_DIM

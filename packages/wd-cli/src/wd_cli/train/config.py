@@ -122,7 +122,8 @@ class STPTRunConfig:
         positive = {"data.batch_size": self.data.batch_size, "train.grad_accumulation": self.train.grad_accumulation,
                     "checkpoint.every": self.checkpoint.every, "checkpoint.keep": self.checkpoint.keep,
                     "logging.every": self.logging.every, "logging.num_samples": self.logging.num_samples,
-                    "logging.sample_steps": self.logging.sample_steps, "logging.sample_every": self.logging.sample_every}
+                    "logging.sample_steps": self.logging.sample_steps,
+                    "logging.sample_every": self.logging.sample_every}
         non_negative = {"train.steps": self.train.steps, "optim.warmup_steps": self.optim.warmup_steps,
                         "optim.lr": self.optim.lr, "optim.weight_decay": self.optim.weight_decay}
         for key, value in positive.items():
@@ -134,6 +135,8 @@ class STPTRunConfig:
         for index, source in enumerate(self.data.sources):
             if not source.weight > 0:
                 raise ConfigError(f"data.sources.{index}.weight: must be > 0, got {source.weight}")
+        if self.optim.grad_clip is not None and not self.optim.grad_clip > 0:
+            raise ConfigError(f"optim.grad_clip: must be > 0 (or absent for no clipping), got {self.optim.grad_clip}")
         if self.optim.ema_decay is not None and not 0 < self.optim.ema_decay < 1:
             raise ConfigError(f"optim.ema_decay: must be in (0, 1), got {self.optim.ema_decay}")
         if self.optim.ema_decay is not None and self.parallel.strategy == "fsdp":

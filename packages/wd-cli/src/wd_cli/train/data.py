@@ -132,14 +132,14 @@ class DataStream:
             self._permutation[source] = (epoch, torch.randperm(size, generator=generator(self.seed, source, epoch)))
         return int(self._permutation[source][1][position % size])
 
-    def draw(self, step: int, micro: int) -> tuple[int, list[dict[str, Any]]]:
-        """-> (source index, this rank's samples of micro-batch (step, micro)); advances `positions`."""
+    def draw(self, step: int, micro: int) -> list[dict[str, Any]]:
+        """-> this rank's samples of micro-batch (step, micro); advances `positions`."""
         source = int(torch.multinomial(self.weights, 1, generator=generator(self.seed, step, micro))[0])
         start = self.positions[source] + self.rank * self.local_batch
         dataset = self.sources[source].dataset
         samples = [dataset[self._index(source, start + offset)] for offset in range(self.local_batch)]
         self.positions[source] += self.batch_size
-        return source, samples
+        return samples
 
     def state_dict(self) -> dict[str, Any]:
         return {"positions": torch.tensor(self.positions, dtype=torch.long)}
@@ -182,6 +182,6 @@ class BatchPreparer:
         text, text_mask = batch.get("text"), batch.get("text_mask")
         if text is None and self.text_encoder is not None:
             text, text_mask = self.text_encoder.encode(batch["caption"])
-        move = (lambda tensor: None if tensor is None else tensor.to(self.device))
-        return TokenBatch(tokens.to(self.device), move(text), move(text_mask), move(batch["actions"]),
-                          batch["is_image"].to(self.device))
+        text, text_mask, actions = (None if tensor is None else tensor.to(self.device)
+                                    for tensor in (text, text_mask, batch["actions"]))
+        return TokenBatch(tokens.to(self.device), text, text_mask, actions, batch["is_image"].to(self.device))

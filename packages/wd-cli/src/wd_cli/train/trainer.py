@@ -5,8 +5,8 @@ from __future__ import annotations
 import math
 import signal
 import time
-from contextlib import contextmanager, nullcontext
 from collections.abc import Iterator
+from contextlib import contextmanager, nullcontext
 from pathlib import Path
 
 import torch
@@ -29,7 +29,7 @@ from wd_cli.train.parallel import DistributedEnv, any_rank, autocast, init_distr
 from wd_cli.train.samples import sample_tokens, write_sample_videos
 
 CONFIG_FILE = "config.yaml"
-_MASK_STREAM, _SAMPLE_STREAM = 1, 2  # generator() stream ids, apart from the data draw's
+MASK_STREAM = 1  # generator() stream id of the masks and prompt dropout, apart from the data draw's
 
 
 def _one_value(values: dict[str, int | None], field: str) -> int | None:
@@ -147,21 +147,20 @@ class STPTTrainer:
         """One optimizer step over `grad_accumulation` micro-batches; -> loss, accuracy, lr, grad_norm."""
         c, env = self.config, self.env
         accumulation = c.train.grad_accumulation
-        loss_sum = accuracy_sum = 0.0
+        totals = torch.zeros(2, device=env.device)  # loss, accuracy: one host sync per step, not per micro-batch
         for micro in range(accumulation):
-            _, samples = self.stream.draw(self.step, micro)
-            batch = self.prepare(samples)
-            masks = generator(c.train.seed, self.step, micro, _MASK_STREAM)
+            batch = self.prepare(self.stream.draw(self.step, micro))
+            masks = generator(c.train.seed, self.step, micro, MASK_STREAM)
             last = micro == accumulation - 1
-            sync = nullcontext() if last or not isinstance(self.model, DistributedDataParallel) else self.model.no_sync()
+            ddp = isinstance(self.model, DistributedDataParallel)
+            sync = self.model.no_sync() if ddp and not last else nullcontext()  # all-reduce on the last only
             with sync:
                 with autocast(c.train, env):
                     loss, accuracy = self.objective(self.model, batch, masks, env.rank, env.world_size)
                 (loss / accumulation).backward()
-            loss_sum += loss.item() / accumulation
-            accuracy_sum += accuracy.item() / accumulation
+            totals += torch.stack([loss.detach().float(), accuracy.float()]) / accumulation
         params = [param for param in self.model.parameters() if param.grad is not None]
-        grad_norm = torch.nn.utils.clip_grad_norm_(params, c.optim.grad_clip or math.inf)
+        grad_norm = torch.nn.utils.clip_grad_norm_(params, math.inf if c.optim.grad_clip is None else c.optim.grad_clip)
         logs = {"lr": self.scheduler.get_last_lr()[0], "grad_norm": float(grad_norm)}
         self.optimizer.step()
         self.scheduler.step()
@@ -169,7 +168,8 @@ class STPTTrainer:
         if self.ema is not None:
             self.ema.update_parameters(unwrap(self.model))
         self.step += 1
-        return {"loss": loss_sum, "accuracy": accuracy_sum, **logs}
+        loss_mean, accuracy_mean = totals.tolist()
+        return {"loss": loss_mean, "accuracy": accuracy_mean, **logs}
 
     def tokens_per_step(self) -> int:
         sample = self.sources[0].dataset[0]
