@@ -173,9 +173,11 @@ def test_time_budget_stops_with_a_checkpoint_and_a_finished_run_returns(caches, 
     assert_same_tensors(model.state_dict(), checkpoint_state(tmp_path)[0])
 
 
-def test_ema_weights_are_returned_and_saved(caches, tmp_path):
-    config = run_config(caches, steps=3, optim=OptimSection(lr=3e-3, warmup_steps=1, ema_decay=0.5))
+def test_ema_weights_are_returned_and_saved_and_tensorboard_logs(caches, tmp_path):
+    config = run_config(caches, steps=3, optim=OptimSection(lr=3e-3, warmup_steps=1, ema_decay=0.5),
+                        logging=LoggingSection(every=1, tensorboard=True))
     model = train_stpt(config, tmp_path, progress=False)
+    assert list((tmp_path / "tensorboard").glob("events.out.tfevents.*"))
     raw = STPT.from_pretrained(latest_checkpoint(tmp_path) / "model").state_dict()
     ema = STPT.from_pretrained(latest_checkpoint(tmp_path) / "ema").state_dict()
     assert_same_tensors(model.state_dict(), ema)
@@ -252,15 +254,47 @@ def test_two_processes_match_one_process(caches, tmp_path, strategy):
     (tmp_path / "config.yaml").write_text(dump_yaml(config))
     (tmp_path / "rank_script.py").write_text(RANK_SCRIPT)
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-               str(tmp_path / "rank_script.py"), str(tmp_path / "config.yaml"), str(tmp_path / "ddp")]
+               str(tmp_path / "rank_script.py"), str(tmp_path / "config.yaml"), str(tmp_path / "ranks")]
     result = subprocess.run(command, env={**os.environ, "OMP_NUM_THREADS": "1"}, capture_output=True, text=True,
                             timeout=120)
     assert result.returncode == 0, result.stderr[-3000:]
-    rank0, rank1 = (load_file(tmp_path / "ddp" / f"rank{rank}.safetensors") for rank in (0, 1))
+    rank0, rank1 = (load_file(tmp_path / "ranks" / f"rank{rank}.safetensors") for rank in (0, 1))
     assert_same_tensors(rank0, rank1)
     single = train_stpt(config, tmp_path / "single", progress=False)
     assert_same_tensors(rank0, single.state_dict(), atol=1e-5)
-    ddp_weights, ddp_state = checkpoint_state(tmp_path / "ddp")
-    assert_same_tensors(ddp_weights, rank0)
-    assert len(ddp_state["rng"]) == 2  # each rank's RNG state is kept
-    assert ddp_state["data"]["positions"].sum() == 3 * 2 * 4  # steps x micro-batches x global batch
+    weights, state = checkpoint_state(tmp_path / "ranks")
+    assert_same_tensors(weights, rank0)
+    assert len(state["rng"]) == 2  # each rank's RNG state is kept
+    assert state["data"]["positions"].sum() == 3 * 2 * 4  # steps x micro-batches x global batch
+
+
+@pytest.mark.distributed
+def test_torchrun_launches_the_wd_command(caches, tmp_path):
+    """`torchrun -m wd_cli train stpt`: 2 ranks, one checkpoint, the weights of one process."""
+    config = run_config(caches, steps=2, train=TrainSection(steps=2, device="cpu"))
+    (tmp_path / "config.yaml").write_text(dump_yaml(config))
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", "-m",
+               "wd_cli", "train", "stpt", "-c", str(tmp_path / "config.yaml"), "--no-progress", str(tmp_path / "ddp")]
+    result = subprocess.run(command, env={**os.environ, "OMP_NUM_THREADS": "1"}, capture_output=True, text=True,
+                            timeout=120)
+    assert result.returncode == 0, result.stderr[-3000:]
+    single = train_stpt(config, tmp_path / "single", progress=False)
+    assert_same_tensors(checkpoint_state(tmp_path / "ddp")[0], single.state_dict(), atol=1e-5)
+
+
+def test_activation_checkpointing_gives_the_same_weights(caches, tmp_path):
+    plain = train_stpt(run_config(caches, steps=2), tmp_path / "plain", progress=False)
+    checkpointed = train_stpt(run_config(caches, steps=2, parallel=ParallelSection(activation_checkpointing=True)),
+                              tmp_path / "checkpointed", progress=False)
+    assert checkpointed.config.activation_checkpointing
+    assert_same_tensors(checkpointed.state_dict(), plain.state_dict(), atol=1e-6)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_cuda_bf16_compiled_checkpointed_training_reduces_the_loss(caches, tmp_path):
+    config = run_config(caches, steps=20, checkpoint=CheckpointSection(every=20),
+                        parallel=ParallelSection(activation_checkpointing=True, compile=True))
+    model = train_stpt(config, tmp_path, progress=False)
+    losses = [json.loads(line)["loss"] for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert next(model.parameters()).is_cuda and np.mean(losses[-5:]) < np.mean(losses[:5])
