@@ -42,6 +42,8 @@ _FILE_SOURCES = {
     "nuscenes": (NuScenesConfig, "dataroot", NuScenesDataset),
 }
 _WORLDS = {"shapes": (ShapesConfig, ShapesDataset), "drive": (DriveConfig, DriveDataset)}
+# Stream ids, the last number given to `generator`, so that no two draws share a random stream.
+SOURCE_STREAM, PERMUTATION_STREAM, MASK_STREAM = 0, 1, 2
 
 
 @dataclass
@@ -129,12 +131,13 @@ class DataStream:
         size = len(self.sources[source].dataset)
         epoch = position // size
         if self._permutation.get(source, (None,))[0] != epoch:
-            self._permutation[source] = (epoch, torch.randperm(size, generator=generator(self.seed, source, epoch)))
+            shuffle = generator(self.seed, source, epoch, PERMUTATION_STREAM)
+            self._permutation[source] = (epoch, torch.randperm(size, generator=shuffle))
         return int(self._permutation[source][1][position % size])
 
     def draw(self, step: int, micro: int) -> list[dict[str, Any]]:
         """-> this rank's samples of micro-batch (step, micro); advances `positions`."""
-        source = int(torch.multinomial(self.weights, 1, generator=generator(self.seed, step, micro))[0])
+        source = int(torch.multinomial(self.weights, 1, generator=generator(self.seed, step, micro, SOURCE_STREAM))[0])
         start = self.positions[source] + self.rank * self.local_batch
         dataset = self.sources[source].dataset
         samples = [dataset[self._index(source, start + offset)] for offset in range(self.local_batch)]

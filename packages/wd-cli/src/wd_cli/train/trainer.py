@@ -22,14 +22,13 @@ from wd_cli.text_encoders import CachedTextEncoder, TextEncoder, load_text_encod
 from wd_cli.train.checkpoint import init_weights_from, latest_checkpoint, load_checkpoint, save_checkpoint
 from wd_cli.train.config import OptimSection, STPTRunConfig
 from wd_cli.train.configfile import ConfigError, dump_yaml
-from wd_cli.train.data import BatchPreparer, DataStream, Source, cache_property, generator, open_sources
+from wd_cli.train.data import MASK_STREAM, BatchPreparer, DataStream, Source, cache_property, generator, open_sources
 from wd_cli.train.metrics import MetricsLog
 from wd_cli.train.objective import MaskedTokenObjective
 from wd_cli.train.parallel import DistributedEnv, any_rank, autocast, init_distributed, parallelize, unwrap
 from wd_cli.train.samples import sample_tokens, write_sample_videos
 
 CONFIG_FILE = "config.yaml"
-MASK_STREAM = 1  # generator() stream id of the masks and prompt dropout, apart from the data draw's
 
 
 def _one_value(values: dict[str, int | None], field: str) -> int | None:
