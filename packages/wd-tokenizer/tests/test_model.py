@@ -18,7 +18,7 @@ def test_open_muse_preset_has_its_parameter_count():
     assert model.quantize.embedding.weight.shape == (8192, 64)
 
 
-@pytest.mark.parametrize("name,factor", [("f8-small", 8), ("f16-small", 16)])
+@pytest.mark.parametrize("name,factor", [("f4-small", 4), ("f8-small", 8), ("f16-small", 16)])
 def test_small_presets_are_cpu_sized(name, factor):
     model = VQGAN(get_config(name))
     assert 200_000 < sum(p.numel() for p in model.parameters()) < 5_000_000

@@ -1,21 +1,42 @@
-"""The `wd` command."""
+"""The `wd` command. Subcommands are imported when they run: `wd info` need not load training or the pipeline."""
 
 from __future__ import annotations
 
+import importlib
+
 import click
 
-from wd_cli.generate import generate
-from wd_cli.info import collect_info, format_info
-from wd_cli.train.cli import train
+# name -> "module:attribute" of its click command.
+SUBCOMMANDS = {
+    "eval": "wd_cli.evaluation:eval_command",
+    "generate": "wd_cli.generate:generate",
+    "quickstart": "wd_cli.quickstart:quickstart",
+    "train": "wd_cli.train.cli:train",
+}
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+class LazyGroup(click.Group):
+    """A click group whose `SUBCOMMANDS` are imported on first use (click's documented lazy-loading pattern)."""
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted([*super().list_commands(ctx), *SUBCOMMANDS])
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        if cmd_name in SUBCOMMANDS:
+            module, attribute = SUBCOMMANDS[cmd_name].split(":")
+            return getattr(importlib.import_module(module), attribute)
+        return super().get_command(ctx, cmd_name)
+
+
+@click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(package_name="wd-cli", prog_name="wd")
 def cli() -> None:
     """WorldDreamer: a world model that generates video by predicting masked tokens.
 
     \b
     Example:
+      wd quickstart                      # train on synthetic worlds, run the five tasks (CPU, no download)
+      wd generate --task text2video --prompt "a red circle moves up" --checkpoint wd-quickstart/pipeline --out a.gif
       wd info
     """
 
@@ -28,8 +49,6 @@ def info() -> None:
     Example:
       wd info
     """
+    from wd_cli.info import collect_info, format_info
+
     click.echo(format_info(collect_info()))
-
-
-cli.add_command(train)
-cli.add_command(generate)
