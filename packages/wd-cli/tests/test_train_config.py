@@ -5,9 +5,11 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+import torch
 from click.testing import CliRunner
 from hypothesis import given
 from hypothesis import strategies as st
+from wd_data import DriveConfig, DriveDataset, write_token_cache
 
 from wd_cli.main import cli
 from wd_cli.train import ConfigError, OptimSection, STPTRunConfig, load_config
@@ -79,6 +81,19 @@ def test_cli_reports_data_mistakes_in_one_line_before_training(tmp_path, source,
     assert result.output.strip().splitlines() == [f"Error: {result.output.strip().removeprefix('Error: ')}"]
     assert message in result.output
     assert not (tmp_path / "run").exists()  # nothing was trained or written
+
+
+def test_data_that_does_not_fit_the_model_is_a_config_error(tmp_path):
+    """Drive actions are (N, 2): an STPT with action_dim 3 is refused before training, in one line."""
+    cache = write_token_cache(DriveDataset(DriveConfig(height=16, width=16, num_frames=2), seeds=range(2)),
+                              lambda frames: torch.zeros(2, 4, 4, dtype=torch.long), tmp_path / "cache",
+                              metadata={"codebook_size": 16}, progress=False)
+    config = write(tmp_path, f'[[data.sources]]\nkind = "token_cache"\npath = "{cache}"\n'
+                             '[model.overrides]\naction_dim = 3\n')
+    result = CliRunner().invoke(cli, ["train", "stpt", "-c", str(config), str(tmp_path / "run")])
+    assert result.exit_code != 0 and len(result.output.strip().splitlines()) == 1
+    assert "data.sources.0: 2 action values per frame, the STPT's action_dim is 3" in result.output
+    assert not (tmp_path / "run").exists()
 
 
 def test_cli_help_shows_examples():

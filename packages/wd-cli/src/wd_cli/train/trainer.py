@@ -63,6 +63,24 @@ def model_config(config: STPTRunConfig, sources: list[Source], tokenizer: VQGAN 
         raise ConfigError(f"model: {error}") from None
 
 
+def check_sources(sources: list[Source], config: STPTConfig, downsample_factor: int | None) -> None:
+    """ConfigError when a source's first sample cannot run through the STPT: a token grid that the patch stride does
+    not divide, or actions of another width than `action_dim`."""
+    for index, source in enumerate(sources):
+        sample = source.dataset[0]
+        if "tokens" in sample:
+            height, width = sample["tokens"].shape[1:]
+        else:
+            height, width = (size // downsample_factor for size in sample["frames"].shape[1:3])
+        if height % config.patch_stride or width % config.patch_stride:
+            raise ConfigError(f"data.sources.{index}: its {height}x{width} token grid is not divisible by the STPT's "
+                              f"patch_stride {config.patch_stride}")
+        actions = sample.get("actions")
+        if actions is not None and actions.shape[-1] != config.action_dim:
+            raise ConfigError(f"data.sources.{index}: {actions.shape[-1]} action values per frame, the STPT's "
+                              f"action_dim is {config.action_dim} (set model.overrides.action_dim)")
+
+
 def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
     """Weight decay on the weights of linear and conv layers only; norms, biases, embeddings, position tables
     and the null prompt keep none (decaying them only pulls scales and lookups toward zero)."""
@@ -112,6 +130,7 @@ class STPTTrainer:
             if not source.tokenized and self.tokenizer is None:
                 raise ConfigError(f"data.sources.{index}: a {c.data.sources[index].kind} source needs model.tokenizer")
         self.model_config = model_config(c, self.sources, self.tokenizer, self.text_encoder)
+        check_sources(self.sources, self.model_config, self.tokenizer.downsample_factor if self.tokenizer else None)
         self.stream = DataStream(self.sources, c.data.batch_size, c.train.seed, env.rank, env.world_size)
         self.objective = MaskedTokenObjective(c.loss, self.model_config.codebook_size)
         self.resume_from = self._resume_path()
