@@ -217,7 +217,7 @@ def test_on_the_fly_drive_and_images_with_a_tokenizer_and_text_encoder(tmp_path)
     sources = [SourceConfig("drive", options={"height": 32, "width": 32, "num_frames": 2}),
                SourceConfig("image_text", str(tmp_path / "images"), options={"num_frames": 2, "size": 32})]
     config = STPTRunConfig(
-        data=DataSection(sources, batch_size=2),
+        data=DataSection(sources, batch_size=2, num_workers=2),
         model=ModelSection(overrides=dict(TINY), tokenizer=str(tmp_path / "tokenizer"),
                            text_encoder=str(tmp_path / "text")),
         train=TrainSection(steps=4), logging=LoggingSection(every=1, sample_every=4, num_samples=1, sample_steps=2))

@@ -38,6 +38,7 @@ class SourceConfig:
 class DataSection:
     sources: list[SourceConfig]
     batch_size: int = 8  # global samples per micro-batch, split evenly over the ranks
+    num_workers: int = 0  # threads loading one micro-batch's samples (video decoding, world rendering); 0: inline
 
 
 @dataclass
@@ -124,8 +125,9 @@ class STPTRunConfig:
                     "logging.every": self.logging.every, "logging.num_samples": self.logging.num_samples,
                     "logging.sample_steps": self.logging.sample_steps,
                     "logging.sample_every": self.logging.sample_every}
-        non_negative = {"train.steps": self.train.steps, "optim.warmup_steps": self.optim.warmup_steps,
-                        "optim.lr": self.optim.lr, "optim.weight_decay": self.optim.weight_decay}
+        non_negative = {"data.num_workers": self.data.num_workers, "train.steps": self.train.steps,
+                        "optim.warmup_steps": self.optim.warmup_steps, "optim.lr": self.optim.lr,
+                        "optim.weight_decay": self.optim.weight_decay}
         for key, value in positive.items():
             if value is not None and value < 1:
                 raise ConfigError(f"{key}: must be >= 1, got {value}")

@@ -8,6 +8,7 @@ checkpoints), so a resumed run and any number of ranks see exactly the samples o
 
 from __future__ import annotations
 
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -118,7 +119,8 @@ def generator(*numbers: int) -> torch.Generator:
 class DataStream:
     """Draws the samples of micro-batch (step, micro) for one rank; `positions` is the resumable state."""
 
-    def __init__(self, sources: list[Source], batch_size: int, seed: int, rank: int = 0, world_size: int = 1) -> None:
+    def __init__(self, sources: list[Source], batch_size: int, seed: int, rank: int = 0, world_size: int = 1,
+                 num_workers: int = 0) -> None:
         if batch_size % world_size:
             raise ConfigError(f"data.batch_size: {batch_size} is not divisible by the {world_size} ranks")
         self.sources, self.batch_size, self.seed = sources, batch_size, seed
@@ -126,6 +128,8 @@ class DataStream:
         self.weights = torch.tensor([source.weight for source in sources], dtype=torch.float64)
         self.positions = [0] * len(sources)  # global samples drawn so far from each source
         self._permutation: dict[int, tuple[int, torch.Tensor]] = {}  # source -> (epoch, its permutation)
+        # Threads suffice: PyAV decoding and numpy rendering release the GIL; map keeps the order.
+        self._pool = ThreadPoolExecutor(num_workers) if num_workers else None
 
     def _index(self, source: int, position: int) -> int:
         size = len(self.sources[source].dataset)
@@ -140,7 +144,9 @@ class DataStream:
         source = int(torch.multinomial(self.weights, 1, generator=generator(self.seed, step, micro, SOURCE_STREAM))[0])
         start = self.positions[source] + self.rank * self.local_batch
         dataset = self.sources[source].dataset
-        samples = [dataset[self._index(source, start + offset)] for offset in range(self.local_batch)]
+        indices = [self._index(source, start + offset) for offset in range(self.local_batch)]
+        load = self._pool.map if self._pool else map
+        samples = list(load(dataset.__getitem__, indices))
         self.positions[source] += self.batch_size
         return samples
 

@@ -131,7 +131,8 @@ class STPTTrainer:
                 raise ConfigError(f"data.sources.{index}: a {c.data.sources[index].kind} source needs model.tokenizer")
         self.model_config = model_config(c, self.sources, self.tokenizer, self.text_encoder)
         check_sources(self.sources, self.model_config, self.tokenizer.downsample_factor if self.tokenizer else None)
-        self.stream = DataStream(self.sources, c.data.batch_size, c.train.seed, env.rank, env.world_size)
+        self.stream = DataStream(self.sources, c.data.batch_size, c.train.seed, env.rank, env.world_size,
+                                 c.data.num_workers)
         self.objective = MaskedTokenObjective(c.loss, self.model_config.codebook_size)
         self.resume_from = self._resume_path()
 
