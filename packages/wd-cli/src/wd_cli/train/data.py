@@ -31,6 +31,7 @@ from wd_data import (
     collate_samples,
 )
 from wd_data.synthetic import TRAIN_SEEDS
+from wd_tokenizer import VQGAN
 
 from wd_cli.text_encoders import TextEncoder
 from wd_cli.train.config import DataSection, SourceConfig
@@ -177,7 +178,8 @@ class BatchPreparer:
     """Collates samples, tokenizes frames with the tokenizer and encodes captions with the text encoder where
     the source has no stored text embeddings."""
 
-    def __init__(self, device: torch.device, tokenizer: Any | None = None, text_encoder: TextEncoder | None = None):
+    def __init__(self, device: torch.device, tokenizer: VQGAN | None = None,
+                 text_encoder: TextEncoder | None = None) -> None:
         self.device, self.tokenizer, self.text_encoder = device, tokenizer, text_encoder
 
     @torch.no_grad()

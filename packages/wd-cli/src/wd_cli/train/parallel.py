@@ -80,7 +80,7 @@ def any_rank(flag: bool, env: DistributedEnv) -> bool:
     """True on every rank when `flag` is True on any rank (stop requests must be agreed on)."""
     if env.world_size == 1:
         return flag
-    value = torch.tensor([float(flag)], device=env.device if env.device.type == "cuda" else "cpu")
+    value = torch.tensor([float(flag)], device=env.device)
     dist.all_reduce(value, op=dist.ReduceOp.MAX)
     return bool(value.item())
 

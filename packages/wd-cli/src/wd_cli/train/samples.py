@@ -9,6 +9,7 @@ import torch
 from wd_data import write_video
 from wd_masking import SamplerConfig, action_to_video, sample, text_to_video
 from wd_stpt import STPT, STPTCondition
+from wd_tokenizer import VQGAN
 
 from wd_cli.train.data import TokenBatch
 
@@ -33,7 +34,8 @@ def sample_tokens(model: STPT, batch: TokenBatch, steps: int, seed: int) -> torc
     return result.tokens
 
 
-def write_sample_videos(tokenizer, tokens: torch.Tensor, run_dir: Path, step: int, fps: float = 8.0) -> list[Path]:
+def write_sample_videos(tokenizer: VQGAN, tokens: torch.Tensor, run_dir: Path, step: int,
+                        fps: float = 8.0) -> list[Path]:
     """Decode tokens (B, N, h, w) and write `run_dir/samples/step_XXXXXXX_i.mp4`."""
     folder = run_dir / "samples"
     folder.mkdir(parents=True, exist_ok=True)
