@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import signal
+import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager, nullcontext
@@ -103,8 +104,12 @@ def lr_factor(section: OptimSection, total_steps: int, step: int) -> float:
 
 @contextmanager
 def stop_on_signals() -> Iterator[list[bool]]:
-    """Within the block SIGTERM/SIGINT only set the yielded flag (the loop saves and exits cleanly)."""
+    """Within the block SIGTERM/SIGINT only set the yielded flag (the loop saves and exits cleanly); outside the
+    main thread, where Python cannot install handlers, signals keep their handlers."""
     flag = [False]
+    if threading.current_thread() is not threading.main_thread():
+        yield flag
+        return
 
     def handler(signum, frame) -> None:
         flag[0] = True
