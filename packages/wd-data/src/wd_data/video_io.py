@@ -297,6 +297,8 @@ def write_video(path: str | os.PathLike, frames: np.ndarray | torch.Tensor | Ite
     """Write uint8 (N, H, W, 3) frames (or an iterable of (H, W, 3)) to .gif, or .mp4/.mkv/... as H.264 yuv420p.
 
     Odd sizes are padded to even for 4:2:0 video; the file appears only once complete. Returns the path.
+    A GIF stores a run of identical frames once, shown for their total duration (Pillow merges them), so it
+    plays the same but may read back with fewer frames.
     """
     if not (math.isfinite(fps) and fps > 0):
         raise ValueError(f"fps must be finite and > 0, got {fps}")

@@ -8,6 +8,8 @@ from pathlib import Path
 from wd_tokenizer.io import atomic_write_text
 from wd_tokenizer.training import logged_step
 
+from wd_cli.train.configfile import ConfigError
+
 
 class MetricsLog:
     """Appends `{"step": ..., name: value}` lines; on resume the lines after the checkpoint's step go, so each
@@ -20,8 +22,11 @@ class MetricsLog:
             atomic_write_text(self.path, "".join(line + "\n" for line in kept))
         self.writer = None
         if tensorboard:
-            from torch.utils.tensorboard import SummaryWriter  # the optional `tensorboard` extra
-
+            try:
+                from torch.utils.tensorboard import SummaryWriter  # the optional `tensorboard` extra
+            except ImportError:
+                raise ConfigError("logging.tensorboard: needs the tensorboard package "
+                                  "(pip install 'wd-cli[tensorboard]')") from None
             self.writer = SummaryWriter(str(run_dir / "tensorboard"), purge_step=resumed_step + 1)
 
     def log(self, step: int, values: dict[str, float]) -> None:

@@ -1,0 +1,131 @@
+"""Quality numbers: the detectors' helpers on true clips, an oracle that must beat every baseline, a copying
+model that must tie the copy baseline, the tiny pipeline end to end, and `wd eval`."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+from wd_data.synthetic import DriveWorld, ShapesWorld, eval_seeds
+
+from wd_cli.evaluation import (
+    EvalConfig,
+    Metric,
+    action_to_video_metrics,
+    evaluate_pipeline,
+    format_metrics,
+    image_to_video_metrics,
+    measured_yaw,
+    synthetic_worlds,
+    text_to_video_metrics,
+)
+from wd_cli.main import cli
+from wd_cli.pipeline import Generation
+
+SHAPES, DRIVE = synthetic_worlds(32, 32, 6)
+CONFIG = EvalConfig(SHAPES, DRIVE, clips=3)
+
+
+def _generation(frames: np.ndarray) -> Generation:
+    grid = np.zeros((len(frames), 8, 8), dtype=bool)
+    return Generation(frames, grid.astype(np.int64), grid)
+
+
+class OracleOrCopy:
+    """Stands in for a pipeline: returns the world's true clip for the request (oracle) or the first frame
+    repeated (copy). Only the task methods the evaluation calls exist."""
+
+    def __init__(self, copy: bool) -> None:
+        self.copy = copy
+        shapes, drive = ShapesWorld(SHAPES), DriveWorld(DRIVE)
+        self.by_caption = {shapes.render(seed).caption: shapes.render(seed) for seed in eval_seeds(CONFIG.clips)}
+        self.drive, self.drive_seeds = drive, {drive.render(seed).frames[0].tobytes(): seed
+                                                for seed in eval_seeds(CONFIG.clips)}
+
+    def _answer(self, frames: np.ndarray) -> Generation:
+        return _generation(np.repeat(frames[:1], len(frames), axis=0) if self.copy else frames)
+
+    def image_to_video(self, image, prompt=None, **options) -> Generation:
+        return self._answer(self.by_caption[prompt].frames)
+
+    def text_to_video(self, prompt, **options) -> Generation:
+        return self._answer(self.by_caption[prompt].frames)
+
+    def action_to_video(self, image, actions, prompt=None, **options) -> Generation:
+        return self._answer(self.drive.render(self.drive_seeds[image.tobytes()], actions=actions).frames)
+
+
+def test_metric_direction() -> None:
+    assert Metric("psnr", 20.0, 18.0, "copy", "higher").beats_baseline
+    assert not Metric("error", 3.0, 3.0, "copy", "lower").beats_baseline
+    assert Metric("error", 2.0, 3.0, "copy", "lower").beats_baseline
+
+
+def test_measured_yaw_has_the_sign_of_the_turn() -> None:
+    world = DriveWorld(DRIVE)
+    for sign in (1.0, -1.0):
+        actions = np.tile(np.float32([[sign * 0.03, 6.0]]), (DRIVE.num_frames, 1))
+        yaw = measured_yaw(world.render(10**9, actions=actions).frames, DRIVE)
+        assert np.sign(yaw) == sign
+        # At 32 px the sky is 12 rows: the estimator gets the sign, and a magnitude that can be ~3x short.
+        assert 0.25 < yaw / (sign * 0.03 * (DRIVE.num_frames - 1)) < 2
+
+
+def test_the_oracle_beats_every_baseline_and_copying_ties_it() -> None:
+    oracle, copy = OracleOrCopy(copy=False), OracleOrCopy(copy=True)
+    psnr, error = image_to_video_metrics(oracle, CONFIG, progress=False)
+    assert psnr.value == float("inf") and error.beats_baseline
+    assert error.value == pytest.approx(error.on_truth)  # the oracle's frames are the true ones
+    copied_psnr, copied_error = image_to_video_metrics(copy, CONFIG, progress=False)
+    assert copied_psnr.value == pytest.approx(copied_psnr.baseline)
+    assert copied_error.value == pytest.approx(copied_error.baseline) and not copied_error.beats_baseline
+
+    turns, left, right = action_to_video_metrics(oracle, CONFIG, progress=False)
+    assert turns.value == turns.on_truth == 1.0 and left.value > 0 > right.value
+    still, _, _ = action_to_video_metrics(copy, CONFIG, progress=False)
+    assert still.value == 0.0  # a frozen view turns neither way
+
+    colour, both = text_to_video_metrics(oracle, CONFIG, progress=False)
+    assert colour.value == colour.on_truth == 1.0 and both.value == both.on_truth > both.baseline
+
+
+def test_tiny_pipeline_end_to_end(tiny_pipeline) -> None:
+    shapes, drive = synthetic_worlds(32, 32, tiny_pipeline.defaults.num_frames)
+    metrics = evaluate_pipeline(tiny_pipeline, EvalConfig(shapes, drive, clips=1, steps=2), progress=False)
+    names = [metric.name for metric in metrics]
+    assert len(names) == 9 and names[0].startswith("tokenizer PSNR")
+    assert all(np.isfinite(metric.baseline) for metric in metrics)
+    table = format_metrics(metrics)
+    assert all(name in table for name in names) and "beats it" in table.splitlines()[0]
+
+
+def test_eval_command_writes_json(tiny_pipeline_dir: Path, tmp_path: Path) -> None:
+    out = tmp_path / "metrics.json"
+    args = ["eval", "--checkpoint", str(tiny_pipeline_dir), "--clips", "1", "--task", "image2video",
+            "--set", "steps=2", "--json-out", str(out), "--no-progress"]
+    result = CliRunner().invoke(cli, args)
+    assert result.exit_code == 0, result.output
+    rows = json.loads(out.read_text())
+    assert [row["name"] for row in rows][2:] == ["image2video PSNR, frames 2..N (dB)",
+                                                 "image2video position error, frames 2..N (px)"]
+    assert "image2video position error" in result.output
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--set", "shapes.colour=red"], "shapes.colour"),
+    (["--set", "clips"], "expected key.sub=value"),
+    (["--checkpoint-typo"], "No such option"),
+])
+def test_eval_command_errors_are_one_line(tiny_pipeline_dir: Path, args: list[str], message: str) -> None:
+    result = CliRunner().invoke(cli, ["eval", "--checkpoint", str(tiny_pipeline_dir), *args])
+    assert result.exit_code != 0 and message in result.output
+    assert "Traceback" not in result.output
+
+
+def test_eval_command_missing_checkpoint(tmp_path: Path) -> None:
+    result = CliRunner().invoke(cli, ["eval", "--checkpoint", str(tmp_path / "nope")])
+    assert result.exit_code == 1 and "does not exist" in result.output
+    assert len(result.output.strip().splitlines()) == 1
