@@ -84,7 +84,9 @@ def test_the_oracle_beats_every_baseline_and_copying_ties_it() -> None:
     assert copied_error.value == pytest.approx(copied_error.baseline) and not copied_error.beats_baseline
 
     turns, left, right = action_to_video_metrics(oracle, CONFIG, progress=False)
-    assert turns.value == turns.on_truth == 1.0 and left.value > 0 > right.value
+    # The oracle's views are the world's renders, so it scores the detector's ceiling (not 1: at 32 px a turn
+    # can be measured short of a quarter of its size).
+    assert turns.value == turns.on_truth > turns.baseline and left.value > 0 > right.value
     still, _, _ = action_to_video_metrics(copy, CONFIG, progress=False)
     assert still.value == 0.0  # a frozen view turns neither way
 

@@ -18,6 +18,7 @@ from pathlib import Path
 import click
 import numpy as np
 import torch
+from tqdm.auto import tqdm
 from wd_data import write_token_cache
 from wd_data.synthetic import (
     PALETTE,
@@ -29,11 +30,19 @@ from wd_data.synthetic import (
     ShapesWorld,
     eval_seeds,
 )
+from wd_stpt import STPT
 from wd_tokenizer import VQGAN, LossConfig, TrainConfig, frame_batches, get_config, train_vqgan
 
 from wd_cli.atomic import atomic_directory
+from wd_cli.evaluation import (
+    EvalConfig,
+    Metric,
+    evaluate_pipeline,
+    format_metrics,
+    synthetic_worlds,
+    write_metrics_json,
+)
 from wd_cli.generate import one_line_errors
-from wd_cli.evaluation import EvalConfig, Metric, evaluate_pipeline, format_metrics, synthetic_worlds, write_metrics_json
 from wd_cli.pipeline import PipelineDefaults, WorldDreamerPipeline
 from wd_cli.report import TaskResult, contact_sheet, write_index, write_task_media
 from wd_cli.text_encoders import HashTextEncoder
@@ -88,14 +97,15 @@ class QuickstartConfig:
 
 
 # Shares of `minutes`: the tokenizer, then the STPT (the larger model of the two).
-TOKENIZER_SHARE, STPT_SHARE = 0.25, 0.75
+TOKENIZER_SHARE, STPT_SHARE = 0.28, 0.72
 CALIBRATION_STEPS = 20
 
 # Measured on the synthetic worlds (docs/benchmarks.md, quickstart section).
-TOKENIZER_TRAINING = dict(lr=5e-4, betas=(0.9, 0.99), weight_decay=0.0, batch_size=16, max_steps=4000)
+TOKENIZER_TRAINING = dict(lr=5e-4, betas=(0.9, 0.99), weight_decay=0.0, batch_size=8, max_steps=4000)
 STPT_MODEL = dict(width=128, depth=4, num_heads=4, action_dim=2)
 STPT_TRAINING = dict(lr=2e-3, warmup_steps=100, batch_size=8, max_steps=20_000)
-SAMPLING = PipelineDefaults(steps=10, guidance_scale=2.0, num_frames=8, height=32, width=32, context_frames=2)
+SAMPLING = dict(steps=10, guidance_scale=2.0)
+CONTEXT_FRAMES = 2  # rollout windows continue from the last 2 frames
 
 
 def calibrated_steps(run: Callable[[int], object], budget_seconds: float, maximum: int) -> int:
@@ -167,13 +177,13 @@ def stpt_run_config(config: QuickstartConfig, caches: list[Path], steps: int, ma
     )
 
 
-def stpt_stage(config: QuickstartConfig, caches: list[Path], budget_seconds: float):
+def stpt_stage(config: QuickstartConfig, caches: list[Path], budget_seconds: float) -> STPT:
     """The STPT trained on both caches for what fits `budget_seconds` (resumes an interrupted run)."""
     run_dir = config.out_dir / "runs" / "stpt"
     # The budget also caps the wall clock, in case the machine slows down after calibration.
     cap = 1.2 * budget_seconds / 60
 
-    def run(steps: int):
+    def run(steps: int) -> STPT:
         return train_stpt(stpt_run_config(config, caches, steps, cap), run_dir, progress=config.progress)
 
     return run(calibrated_steps(run, budget_seconds, STPT_TRAINING["max_steps"]))
@@ -194,9 +204,8 @@ def build_pipeline(config: QuickstartConfig) -> WorldDreamerPipeline:
     caches = token_cache_stage(config, tokenizer, text_encoder)
     _stage(config, f"[3/5] STPT on both worlds (~{STPT_SHARE * config.minutes:.1f} min)")
     stpt = stpt_stage(config, caches, STPT_SHARE * budget)
-    defaults = dataclasses.replace(SAMPLING, num_frames=config.num_frames, height=config.size, width=config.size,
-                                   fps=config.shapes.fps, context_frames=min(SAMPLING.context_frames,
-                                                                             config.num_frames - 1))
+    defaults = PipelineDefaults(**SAMPLING, num_frames=config.num_frames, height=config.size, width=config.size,
+                                fps=config.shapes.fps, context_frames=min(CONTEXT_FRAMES, config.num_frames - 1))
     pipeline = WorldDreamerPipeline(tokenizer, stpt, text_encoder, defaults)
     pipeline.save_pretrained(pipeline_dir)
     return pipeline
@@ -215,7 +224,7 @@ def run_tasks(pipeline: WorldDreamerPipeline, config: QuickstartConfig) -> list[
     seed = eval_seeds(config.eval_clips + 1)[-1]
     shapes = ShapesWorld(config.shapes).render(seed)
     n = config.num_frames
-    turn = np.tile(np.float32([[0.03, 6.0]]), (2 * n - pipeline.defaults.context_frames, 1))
+    turn = np.tile(np.float32([[0.05, 6.0]]), (2 * n - pipeline.defaults.context_frames, 1))
     drive = DriveWorld(dataclasses.replace(config.drive, num_frames=len(turn))).render(seed, actions=turn)
     quarter = config.size // 4
     box = (quarter, quarter, 3 * quarter, 3 * quarter)
@@ -228,12 +237,12 @@ def run_tasks(pipeline: WorldDreamerPipeline, config: QuickstartConfig) -> list[
          lambda: pipeline.inpaint(shapes.frames, box=box, prompt=shapes.caption)),
         ("stylize", f"half the tokens redrawn under {_recoloured(shapes.caption, style)!r}", shapes.frames,
          lambda: pipeline.stylize(shapes.frames, _recoloured(shapes.caption, style), mask_ratio=0.5)),
-        ("action2video", f"first frame + a left turn (yaw +0.03 rad, 6 m/s per frame), {len(turn)} frames "
+        ("action2video", f"first frame + a left turn (yaw +0.05 rad, 6 m/s per frame), {len(turn)} frames "
          f"rolled out in windows of {n}", drive.frames,
          lambda: pipeline.action_to_video(drive.frames[0], turn)),
     ]
     results = []
-    for name, description, inputs, job in jobs:
+    for name, description, inputs, job in tqdm(jobs, desc="tasks", unit="task", disable=not config.progress):
         generation = job()
         results.append(TaskResult(name, description, inputs, generation.known, generation.frames))
     return results
