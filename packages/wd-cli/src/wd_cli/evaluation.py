@@ -34,7 +34,7 @@ from wd_tokenizer import evaluate as evaluate_tokenizer
 from wd_tokenizer.io import atomic_write_text
 from wd_tokenizer.metrics import psnr, ssim
 
-from wd_cli.generate import one_line_errors
+from wd_cli.errors import one_line_errors
 from wd_cli.pipeline import WorldDreamerPipeline
 from wd_cli.train.configfile import apply_overrides, from_dict, to_plain
 

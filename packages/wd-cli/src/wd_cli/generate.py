@@ -2,17 +2,16 @@
 
 from __future__ import annotations
 
-import contextlib
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import click
 import numpy as np
 from tqdm import tqdm
-from wd_data import MediaReadError, read_image, write_video
+from wd_data import read_image, write_video
 from wd_tokenizer.io import atomic_writer
 
+from wd_cli.errors import one_line_errors
 from wd_cli.media import read_actions, read_frames, read_mask
 from wd_cli.pipeline import Box, Generation, SamplingOptions, WorldDreamerPipeline
 
@@ -105,15 +104,6 @@ def write_outputs(result: Generation, args: GenerateArgs, fps: float) -> None:
         args.tokens_out.parent.mkdir(parents=True, exist_ok=True)
         with atomic_writer(args.tokens_out) as temporary, open(temporary, "wb") as handle:
             np.save(handle, result.tokens)
-
-
-@contextlib.contextmanager
-def one_line_errors() -> Iterator[None]:
-    """User mistakes (bad files, checkpoints or values) end as a one-line click error, never a traceback."""
-    try:
-        yield
-    except (OSError, MediaReadError, ValueError) as error:  # OSError: missing or unwritable files
-        raise click.ClickException(str(error).splitlines()[0] if str(error) else type(error).__name__) from None
 
 
 def _parse_box(context: click.Context, parameter: click.Parameter, value: str | None) -> Box | None:

@@ -34,6 +34,7 @@ from wd_stpt import STPT
 from wd_tokenizer import VQGAN, LossConfig, TrainConfig, frame_batches, get_config, train_vqgan
 
 from wd_cli.atomic import atomic_directory
+from wd_cli.errors import one_line_errors
 from wd_cli.evaluation import (
     EvalConfig,
     Metric,
@@ -42,7 +43,6 @@ from wd_cli.evaluation import (
     synthetic_worlds,
     write_metrics_json,
 )
-from wd_cli.generate import one_line_errors
 from wd_cli.pipeline import PipelineDefaults, WorldDreamerPipeline
 from wd_cli.report import TaskResult, contact_sheet, write_index, write_task_media
 from wd_cli.text_encoders import HashTextEncoder

@@ -22,8 +22,9 @@ set_option = click.option("--set", "overrides", multiple=True, metavar="KEY=VALU
 run_dir_argument = click.argument("run_dir", type=click.Path(file_okay=False))
 
 
-def one_line_errors(command: Callable[..., Any]) -> Callable[..., Any]:
-    """Turn configuration mistakes into one-line click errors (no traceback)."""
+def config_errors_in_one_line(command: Callable[..., Any]) -> Callable[..., Any]:
+    """Turn configuration mistakes (ConfigError) into one-line click errors; other errors keep their traceback,
+    since mid-training they are bugs to report, not user mistakes. Closes the process group either way."""
 
     @wraps(command)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
@@ -54,7 +55,7 @@ def train() -> None:
 @click.option("--resume", default=None, help="'auto' (newest complete checkpoint), 'none', or a checkpoint path.")
 @click.option("--no-progress", is_flag=True, help="Hide the progress bar.")
 @run_dir_argument
-@one_line_errors
+@config_errors_in_one_line
 def stpt(config_path: str, overrides: tuple[str, ...], resume: str | None, no_progress: bool, run_dir: str) -> None:
     """Train STPT (masked token prediction) into RUN_DIR; resumes from its newest checkpoint by default.
 
@@ -72,7 +73,7 @@ def stpt(config_path: str, overrides: tuple[str, ...], resume: str | None, no_pr
 @set_option
 @click.option("--no-progress", is_flag=True, help="Hide the progress bar.")
 @run_dir_argument
-@one_line_errors
+@config_errors_in_one_line
 def tokenizer(config_path: str, overrides: tuple[str, ...], no_progress: bool, run_dir: str) -> None:
     """Train a VQGAN tokenizer into RUN_DIR (wd_tokenizer.train_vqgan); resumes from its newest checkpoint.
 
@@ -89,7 +90,7 @@ def tokenizer(config_path: str, overrides: tuple[str, ...], no_progress: bool, r
 @click.argument("out_dir", type=click.Path(file_okay=False))
 @click.option("--tokenizer", default=None, help="VQGAN directory (default: the run's model.tokenizer).")
 @click.option("--text-encoder", default=None, help="Text encoder directory (default: the run's model.text_encoder).")
-@one_line_errors
+@config_errors_in_one_line
 def export(run_dir: str, out_dir: str, tokenizer: str | None, text_encoder: str | None) -> None:
     """Write a pipeline directory (for wd generate) from RUN_DIR's newest checkpoint (EMA weights if kept).
 
