@@ -230,15 +230,15 @@ def text_to_video_metrics(
     """Held-out captions -> videos: the fraction whose dominant shape has a colour (and the kind) the prompt
     names, beside chance (a random palette colour / colour and kind) and the detector on the true clips."""
     world = ShapesWorld(config.shapes)
-    generated_hits, truth_hits = [], []
+    generated_hits, truth_hits, named = [], [], []
     for index, seed in enumerate(tqdm(eval_seeds(config.clips), desc="eval text2video", disable=not progress)):
         clip = world.render(seed)
+        named.append(len(clip.state["colours"]))
         generated = pipe.text_to_video(clip.caption, num_frames=len(clip.frames), steps=config.steps,
                                        seed=config.seed + index).frames
         generated_hits.append(_prompt_match(_dominant_shape(generated), clip.state))
         truth_hits.append(_prompt_match(_dominant_shape(clip.frames), clip.state))
-    named = np.mean([len(world.render(seed).state["colours"]) for seed in eval_seeds(config.clips)])
-    chance_colour = named / len(PALETTE)
+    chance_colour = np.mean(named) / len(PALETTE)
     rates = np.mean(generated_hits, axis=0)
     truth = np.mean(truth_hits, axis=0)
     return [

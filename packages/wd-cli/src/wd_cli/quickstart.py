@@ -251,8 +251,7 @@ def run_tasks(pipeline: WorldDreamerPipeline, config: QuickstartConfig) -> list[
 def write_report(config: QuickstartConfig, tasks: list[TaskResult], metrics: list[Metric], fps: float) -> Path:
     """Videos per task, the contact sheet, metrics.json and index.html under out_dir; -> index.html."""
     out = config.out_dir
-    media = {task.name: write_task_media(task, out / "tasks", fps) for task in tasks}
-    media = {name: {column: f"tasks/{path}" for column, path in paths.items()} for name, paths in media.items()}
+    media = {task.name: write_task_media(task, out, fps) for task in tasks}
     contact_sheet(tasks, out / "contact_sheet.png")
     write_metrics_json(metrics, out / "metrics.json")
     return write_index(tasks, media, metrics, out)

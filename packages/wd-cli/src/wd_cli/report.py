@@ -30,10 +30,15 @@ class TaskResult:
     output_frames: np.ndarray
 
 
+def _source(task: TaskResult) -> np.ndarray:
+    """uint8 (N, H, W, 3): the input frames the output lines up with, black where the task had none."""
+    frames = task.output_frames
+    return np.zeros_like(frames) if task.input_frames is None else task.input_frames[: len(frames)]
+
+
 def mask_view(task: TaskResult) -> np.ndarray:
     """uint8 (N, H, W, 3): the input (black where there is none) with every unknown token's cell tinted."""
-    frames = task.output_frames
-    base = np.zeros_like(frames) if task.input_frames is None else task.input_frames[: len(frames)]
+    frames, base = task.output_frames, _source(task)
     factor_h, factor_w = frames.shape[1] // task.known.shape[1], frames.shape[2] // task.known.shape[2]
     unknown = ~task.known.repeat(factor_h, axis=1).repeat(factor_w, axis=2)
     tinted = base.astype(np.float32)
@@ -43,22 +48,19 @@ def mask_view(task: TaskResult) -> np.ndarray:
 
 def _columns(task: TaskResult) -> dict[str, np.ndarray]:
     """The three clips shown for a task, each (N, H, W, 3)."""
-    length = len(task.output_frames)
-    source = np.zeros_like(task.output_frames) if task.input_frames is None else task.input_frames[:length]
-    return {"input": source, "mask": mask_view(task), "output": task.output_frames}
+    return {"input": _source(task), "mask": mask_view(task), "output": task.output_frames}
 
 
 def write_task_media(task: TaskResult, directory: Path, fps: float) -> dict[str, str]:
-    """Write input/mask/output GIFs and the output MP4 of `task` under directory/<name>/; -> column -> path
-    relative to `directory`."""
-    folder = directory / task.name
-    folder.mkdir(parents=True, exist_ok=True)
-    paths = {}
+    """Write input/mask/output GIFs and the output MP4 of `task` under directory/tasks/<name>/; -> column ->
+    path relative to `directory` (where index.html goes)."""
+    folder = f"tasks/{task.name}"
+    (directory / folder).mkdir(parents=True, exist_ok=True)
+    paths = {column: f"{folder}/{column}.gif" for column in ("input", "mask", "output")}
     for column, frames in _columns(task).items():
-        write_video(folder / f"{column}.gif", frames, fps=fps)
-        paths[column] = f"{task.name}/{column}.gif"
-    write_video(folder / "output.mp4", task.output_frames, fps=fps)
-    paths["mp4"] = f"{task.name}/output.mp4"
+        write_video(directory / paths[column], frames, fps=fps)
+    paths["mp4"] = f"{folder}/output.mp4"
+    write_video(directory / paths["mp4"], task.output_frames, fps=fps)
     return paths
 
 
