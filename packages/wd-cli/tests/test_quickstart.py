@@ -8,6 +8,8 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
+from wd_data import TokenCacheDataset
+
 from wd_cli.main import cli
 from wd_cli.media import read_frames
 from wd_cli.pipeline import WorldDreamerPipeline
@@ -26,6 +28,11 @@ def test_quickstart_writes_every_output_and_reuses_its_models(tmp_path: Path) ->
     pipeline = WorldDreamerPipeline.from_pretrained(out / "pipeline")
     assert (pipeline.defaults.height, pipeline.defaults.num_frames) == (32, 8)
     assert pipeline.stpt.config.action_dim == 2 and pipeline.tokenizer.downsample_factor == 4
+    assert pipeline.stpt.config.action_scale == (0.12, 10.0)  # the drive world's largest yaw change, 10 m/s
+    # Shapes clips keep their captions; drive clips train on their actions alone.
+    assert len(TokenCacheDataset(out / "caches" / "shapes")[0]["text"]) > 0
+    drive = TokenCacheDataset(out / "caches" / "drive")[0]
+    assert len(drive["text"]) == 0 and drive["actions"].shape == (8, 2)
     for task in TASKS:
         for column in ("input", "mask", "output"):
             assert (out / "tasks" / task / f"{column}.gif").is_file()

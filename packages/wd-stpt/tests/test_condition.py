@@ -95,3 +95,14 @@ def test_prompts_of_another_float_dtype_are_accepted(setup):
     expected = model(tokens, STPTCondition(text=text, text_mask=text_mask, actions=actions))
     out = model(tokens, STPTCondition(text=text.double(), text_mask=text_mask, actions=actions.double()))
     torch.testing.assert_close(out, expected)
+
+
+def test_action_scale_divides_the_actions(make_model, random_tokens, dims):
+    _, action_dim = dims
+    scale = [0.1, 10.0, 2.0][:action_dim]
+    scaled, plain = make_model(seed=4, action_scale=scale), make_model(seed=4)
+    tokens, actions = random_tokens(2, 3, 4, 4), torch.randn(2, 3, action_dim)
+    expected = plain(tokens, STPTCondition(actions=actions / torch.tensor(scale)))
+    torch.testing.assert_close(scaled(tokens, STPTCondition(actions=actions)), expected, atol=1e-5, rtol=1e-5)
+    dropped = STPTCondition(actions=actions, drop_prompt=torch.tensor([True, True]))
+    torch.testing.assert_close(scaled(tokens, dropped), plain(tokens), atol=1e-5, rtol=1e-5)

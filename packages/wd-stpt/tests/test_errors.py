@@ -62,6 +62,14 @@ def test_bad_config():
     with pytest.raises(ValueError, match=r"unknown STPTConfig fields: \['widht'\]"):
         get_config("tiny", widht=32)
     assert STPTConfig.from_dict({"mlp_ratio": 2}).mlp_ratio == 2  # a JSON integer is a fine float
+    with pytest.raises(ValueError, match="action_scale must be empty or 2 positive numbers"):
+        STPTConfig(action_dim=2, action_scale=(0.1,))
+    with pytest.raises(ValueError, match="action_scale must be empty or 2 positive numbers"):
+        STPTConfig(action_dim=2, action_scale=(0.1, 0.0))
+    with pytest.raises(ValueError, match="action_scale must be a sequence of numbers"):
+        STPTConfig(action_scale=0.1)
+    config = STPTConfig.from_dict({"action_dim": 2, "action_scale": [0.05, 10]})  # JSON lists, ints included
+    assert config.action_scale == (0.05, 10.0) and STPTConfig.from_dict(config.to_dict()) == config
 
 
 def test_presets(make_config):
@@ -105,6 +113,8 @@ def test_wrong_argument_types(model):
         ({"width": "64"}, "field width must be int"),
         ({"depth": True}, "field depth must be int"),
         ({"mlp_ratio": "4"}, "field mlp_ratio must be float"),
+        ({"action_scale": 0.1}, "field action_scale must be a list of numbers"),
+        ({"action_scale": ["0.1", 1]}, "field action_scale must be a list of numbers"),
     ],
 )
 def test_bad_config_dict(values, match):

@@ -9,7 +9,7 @@ from wd_stpt import STPT, STPTCondition
 
 
 def test_round_trip_is_bit_exact(tmp_path, make_model, random_tokens, dims):
-    model = make_model(seed=3, conv="factorized", depth=3)
+    model = make_model(seed=3, conv="factorized", depth=3, action_scale=[0.5, 2.0, 4.0])
     model.save_pretrained(tmp_path / "stpt")
     assert sorted(p.name for p in (tmp_path / "stpt").iterdir()) == ["config.json", "model.safetensors"]
     assert json.loads((tmp_path / "stpt" / "config.json").read_text())["conv"] == "factorized"

@@ -64,11 +64,13 @@ class Metric:
 
 def synthetic_worlds(height: int, width: int, num_frames: int) -> tuple[ShapesConfig, DriveConfig]:
     """The worlds the quickstart trains on and `wd eval` measures by default: one large shape per shapes clip
-    (its colour, kind and motion are all the caption names), and drives turning up to 0.06 rad per frame
-    (at 32 px wide a 0.03 rad turn moves the skyline 0.6 px, too little to learn or measure reliably)."""
+    (its colour, kind and direction are all the caption names) moving 0.05-0.08 of the frame per frame, and
+    drives turning up to 0.12 rad per frame. Motion is sized for 32 px frames and 4x4-pixel tokens: slower
+    shapes (the world's default 0.02-0.06) move under half a token per frame, and a 0.03 rad turn moves the
+    skyline 0.5 px, too little for a small model to learn or for the yaw estimator to measure reliably."""
     shapes = ShapesConfig(height=height, width=width, num_frames=num_frames, max_shapes=1, min_size=0.14,
-                          max_size=0.22)
-    return shapes, DriveConfig(height=height, width=width, num_frames=num_frames, max_yaw_change=0.06)
+                          max_size=0.22, min_speed=0.05, max_speed=0.08)
+    return shapes, DriveConfig(height=height, width=width, num_frames=num_frames, max_yaw_change=0.12)
 
 
 @dataclass
@@ -79,7 +81,7 @@ class EvalConfig:
     drive: DriveConfig = field(default_factory=DriveConfig)
     clips: int = 8  # held-out clips per task (eval_seeds(clips))
     seed: int = 0  # generation seed of the first clip (clip i uses seed + i)
-    turn_yaw: float = 0.05  # rad per frame of the left/right turn action sequences
+    turn_yaw: float = 0.1  # rad per frame of the left/right turn action sequences
     turn_speed: float = 6.0  # m/s of those sequences
     steps: int | None = None  # decoding steps (None: the pipeline's default)
 

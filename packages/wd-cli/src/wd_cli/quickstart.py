@@ -70,7 +70,7 @@ class QuickstartConfig:
     num_frames: int = 8  # frames per clip, the STPT window
     train_clips: int = 1024  # clips per world in the token caches
     tokenizer_clips: int = 256  # clips per world whose frames train the tokenizer
-    eval_clips: int = 8  # held-out clips per measured task
+    eval_clips: int = 16  # held-out clips per measured task
     text_dim: int = 64
     seed: int = 0
     progress: bool = True
@@ -104,7 +104,7 @@ CALIBRATION_STEPS = 20
 TOKENIZER_TRAINING = dict(lr=5e-4, betas=(0.9, 0.99), weight_decay=0.0, batch_size=8, max_steps=4000)
 STPT_MODEL = dict(width=128, depth=4, num_heads=4, action_dim=2)
 STPT_TRAINING = dict(lr=2e-3, warmup_steps=100, batch_size=8, max_steps=20_000)
-SAMPLING = dict(steps=10, guidance_scale=2.0)
+SAMPLING = dict(steps=10, guidance_scale=2.0, temperature=0.7)
 CONTEXT_FRAMES = 2  # rollout windows continue from the last 2 frames
 
 
@@ -152,14 +152,17 @@ def tokenizer_stage(config: QuickstartConfig, budget_seconds: float) -> VQGAN:
 
 
 def token_cache_stage(config: QuickstartConfig, tokenizer: VQGAN, text_encoder: HashTextEncoder) -> list[Path]:
-    """Token caches of the training clips of both worlds, with the captions' embeddings stored beside them."""
+    """Token caches of the training clips of both worlds. Shapes clips keep their captions' embeddings; drive
+    clips are stored without text, because their captions name the turn and action-to-video must follow the
+    actions alone (as the paper's nuScenes model does)."""
     metadata = {"codebook_size": tokenizer.codebook_size, "tokenizer": "f4-small"}
     seeds = range(config.train_clips)
-    datasets = {"shapes": ShapesDataset(config.shapes, seeds), "drive": DriveDataset(config.drive, seeds)}
+    sources = [("shapes", ShapesDataset(config.shapes, seeds), text_encoder.embed),
+               ("drive", DriveDataset(config.drive, seeds), lambda _caption: text_encoder.embed(""))]
     with torch.no_grad():
         return [write_token_cache(dataset, tokenizer.encode_video, config.out_dir / "caches" / name,
-                                  encode_text=text_encoder.embed, metadata=metadata, progress=config.progress)
-                for name, dataset in datasets.items()]
+                                  encode_text=encode_text, metadata=metadata, progress=config.progress)
+                for name, dataset, encode_text in sources]
 
 
 def stpt_run_config(config: QuickstartConfig, caches: list[Path], steps: int, max_minutes: float) -> STPTRunConfig:
@@ -167,7 +170,10 @@ def stpt_run_config(config: QuickstartConfig, caches: list[Path], steps: int, ma
     return STPTRunConfig(
         data=DataSection(sources=[SourceConfig("token_cache", path=str(cache)) for cache in caches],
                          batch_size=STPT_TRAINING["batch_size"]),
-        model=ModelSection(preset="tiny", overrides=dict(STPT_MODEL)),
+        # Drive actions are (yaw change rad, speed m/s): scaled by the largest yaw change and 10 m/s, or the
+        # yaw would reach the action MLP ~100x smaller than the speed.
+        model=ModelSection(preset="tiny", overrides=dict(STPT_MODEL, action_scale=[config.drive.max_yaw_change,
+                                                                                    10.0])),
         # Image-to-video and action-to-video start from "first frame known, the rest masked": the prefix mask.
         loss=LossSection(mask_shared=0.4, mask_prefix=0.5, mask_box=0.1),
         optim=OptimSection(lr=STPT_TRAINING["lr"], warmup_steps=STPT_TRAINING["warmup_steps"]),
@@ -224,7 +230,8 @@ def run_tasks(pipeline: WorldDreamerPipeline, config: QuickstartConfig) -> list[
     seed = eval_seeds(config.eval_clips + 1)[-1]
     shapes = ShapesWorld(config.shapes).render(seed)
     n = config.num_frames
-    turn = np.tile(np.float32([[0.05, 6.0]]), (2 * n - pipeline.defaults.context_frames, 1))
+    yaw, speed = EvalConfig.turn_yaw, EvalConfig.turn_speed
+    turn = np.tile(np.float32([[yaw, speed]]), (2 * n - pipeline.defaults.context_frames, 1))
     drive = DriveWorld(dataclasses.replace(config.drive, num_frames=len(turn))).render(seed, actions=turn)
     quarter = config.size // 4
     box = (quarter, quarter, 3 * quarter, 3 * quarter)
@@ -237,7 +244,7 @@ def run_tasks(pipeline: WorldDreamerPipeline, config: QuickstartConfig) -> list[
          lambda: pipeline.inpaint(shapes.frames, box=box, prompt=shapes.caption)),
         ("stylize", f"half the tokens redrawn under {_recoloured(shapes.caption, style)!r}", shapes.frames,
          lambda: pipeline.stylize(shapes.frames, _recoloured(shapes.caption, style), mask_ratio=0.5)),
-        ("action2video", f"first frame + a left turn (yaw +0.05 rad, 6 m/s per frame), {len(turn)} frames "
+        ("action2video", f"first frame + a left turn (yaw {yaw:+.2f} rad, {speed:g} m/s per frame), {len(turn)} frames "
          f"rolled out in windows of {n}", drive.frames,
          lambda: pipeline.action_to_video(drive.frames[0], turn)),
     ]

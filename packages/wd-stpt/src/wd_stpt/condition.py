@@ -123,6 +123,7 @@ class PromptEmbedding(nn.Module):
         self.null = nn.Parameter(torch.randn(1, 1, width) * 0.02)
         self.text_proj = nn.Linear(config.text_dim, width)
         self.action_mlp = nn.Sequential(nn.Linear(config.action_dim, width), nn.GELU(), nn.Linear(width, width))
+        self.action_scale = config.action_scale
         self.norm = nn.LayerNorm(width)
 
     def forward(self, cond: STPTCondition, batch: int, frames: int) -> Prompt:
@@ -140,7 +141,10 @@ class PromptEmbedding(nn.Module):
             masks.append(text_mask.expand(batch, cond.text.shape[1])[:, None].expand(batch, frames, -1))
         per_frame = None
         if cond.actions is not None:
-            actions = torch.where(keep[:, None, None], cond.actions.to(dtype), 0.0)
+            actions = cond.actions.to(dtype)
+            if self.action_scale:
+                actions = actions / actions.new_tensor(self.action_scale)
+            actions = torch.where(keep[:, None, None], actions, 0.0)
             per_frame = self.norm(self.action_mlp(actions))[:, :, None]
             masks.append(keep[:, None, None].expand(batch, frames, 1))
         valid = torch.cat(masks, dim=2) if masks else torch.zeros(batch, frames, 0, dtype=torch.bool, device=device)

@@ -24,6 +24,10 @@ class STPTConfig:
     conv: str = "depthwise"
     text_dim: int = 768
     action_dim: int = 2
+    # Typical magnitude of each action dimension (e.g. (0.05, 10.0) for a yaw change in rad and a speed in
+    # m/s): actions are divided by it before the action MLP, so every dimension reaches it at a similar
+    # scale. Empty: actions are used as given.
+    action_scale: tuple[float, ...] = ()
     # Sizes of the learned per-axis position tables; other sizes interpolate them.
     position_frames: int = 16
     position_height: int = 16
@@ -39,6 +43,13 @@ class STPTConfig:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
         if self.width % self.num_heads:
             raise ValueError(f"width {self.width} is not divisible by num_heads {self.num_heads}")
+        try:
+            object.__setattr__(self, "action_scale", tuple(float(value) for value in self.action_scale))
+        except (TypeError, ValueError):
+            raise ValueError(f"action_scale must be a sequence of numbers, got {self.action_scale!r}") from None
+        if self.action_scale and (len(self.action_scale) != self.action_dim or min(self.action_scale) <= 0):
+            raise ValueError(f"action_scale must be empty or {self.action_dim} positive numbers (one per action "
+                             f"dimension), got {self.action_scale}")
         if self.mlp_ratio <= 0:
             raise ValueError(f"mlp_ratio must be > 0, got {self.mlp_ratio}")
         if self.conv not in CONV_KINDS:
@@ -65,6 +76,12 @@ class STPTConfig:
         fields = {field.name: field for field in dataclasses.fields(cls)}
         for name, value in values.items():
             expected = type(fields[name].default)
+            if expected is tuple:  # action_scale: JSON has lists
+                if not isinstance(value, (list, tuple)) or not all(
+                    isinstance(item, (int, float)) and not isinstance(item, bool) for item in value
+                ):
+                    raise TypeError(f"STPTConfig field {name} must be a list of numbers, got {value!r}")
+                continue
             # bool is an int subclass (reject it for int fields); a JSON integer is a fine float.
             allowed = (int, float) if expected is float else (expected,)
             if not isinstance(value, allowed) or (isinstance(value, bool) and expected is not bool):
