@@ -66,8 +66,9 @@ def test_bad_config():
         STPTConfig(action_dim=2, action_scale=(0.1,))
     with pytest.raises(ValueError, match="action_scale must be empty or 2 positive numbers"):
         STPTConfig(action_dim=2, action_scale=(0.1, 0.0))
-    with pytest.raises(ValueError, match="action_scale must be a sequence of numbers"):
-        STPTConfig(action_scale=0.1)
+    for not_numbers in (0.1, "12", [True, 2.0]):
+        with pytest.raises(ValueError, match="action_scale must be a sequence of numbers"):
+            STPTConfig(action_scale=not_numbers)
     config = STPTConfig.from_dict({"action_dim": 2, "action_scale": [0.05, 10]})  # JSON lists, ints included
     assert config.action_scale == (0.05, 10.0) and STPTConfig.from_dict(config.to_dict()) == config
 

@@ -43,10 +43,9 @@ class STPTConfig:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
         if self.width % self.num_heads:
             raise ValueError(f"width {self.width} is not divisible by num_heads {self.num_heads}")
-        try:
-            object.__setattr__(self, "action_scale", tuple(float(value) for value in self.action_scale))
-        except (TypeError, ValueError):
-            raise ValueError(f"action_scale must be a sequence of numbers, got {self.action_scale!r}") from None
+        if not _is_number_list(self.action_scale):
+            raise ValueError(f"action_scale must be a sequence of numbers, got {self.action_scale!r}")
+        object.__setattr__(self, "action_scale", tuple(float(value) for value in self.action_scale))
         if self.action_scale and (len(self.action_scale) != self.action_dim or min(self.action_scale) <= 0):
             raise ValueError(f"action_scale must be empty or {self.action_dim} positive numbers (one per action "
                              f"dimension), got {self.action_scale}")
@@ -77,9 +76,7 @@ class STPTConfig:
         for name, value in values.items():
             expected = type(fields[name].default)
             if expected is tuple:  # action_scale: JSON has lists
-                if not isinstance(value, (list, tuple)) or not all(
-                    isinstance(item, (int, float)) and not isinstance(item, bool) for item in value
-                ):
+                if not _is_number_list(value):
                     raise TypeError(f"STPTConfig field {name} must be a list of numbers, got {value!r}")
                 continue
             # bool is an int subclass (reject it for int fields); a JSON integer is a fine float.
@@ -87,6 +84,13 @@ class STPTConfig:
             if not isinstance(value, allowed) or (isinstance(value, bool) and expected is not bool):
                 raise TypeError(f"STPTConfig field {name} must be {expected.__name__}, got {value!r}")
         return cls(**values)
+
+
+def _is_number_list(value: Any) -> bool:
+    """A list or tuple of ints/floats (not bools; a string is not a list of numbers)."""
+    return isinstance(value, (list, tuple)) and all(
+        isinstance(item, (int, float)) and not isinstance(item, bool) for item in value
+    )
 
 
 def _check_known(values: dict[str, Any]) -> None:
