@@ -64,14 +64,24 @@ def test_metric_direction() -> None:
     assert Metric("error", 2.0, 3.0, "copy", "lower").beats_baseline
 
 
-def test_measured_yaw_has_the_sign_of_the_turn() -> None:
+@pytest.mark.parametrize("seed", eval_seeds(4))
+def test_measured_yaw_follows_the_turn(seed: int) -> None:
     world = DriveWorld(DRIVE)
     for sign in (1.0, -1.0):
-        actions = np.tile(np.float32([[sign * 0.03, 6.0]]), (DRIVE.num_frames, 1))
-        yaw = measured_yaw(world.render(10**9, actions=actions).frames, DRIVE)
-        assert np.sign(yaw) == sign
-        # At 32 px the sky is 12 rows: the estimator gets the sign, and a magnitude that can be ~3x short.
-        assert 0.25 < yaw / (sign * 0.03 * (DRIVE.num_frames - 1)) < 2
+        actions = np.tile(np.float32([[sign * 0.1, 6.0]]), (DRIVE.num_frames, 1))
+        clip = world.render(seed, actions=actions)
+        true_turn = clip.state["heading"][-1] - clip.state["heading"][0]
+        assert measured_yaw(clip.frames, DRIVE) == pytest.approx(true_turn, abs=0.15)
+
+
+def test_measured_yaw_keeps_the_turn_of_a_view_that_lost_the_road() -> None:
+    clip = DriveWorld(DRIVE).render(eval_seeds(1)[0], actions=np.tile(np.float32([[0.1, 6.0]]), (DRIVE.num_frames, 1)))
+    grass = clip.frames.copy()
+    grass[:, int(DRIVE.horizon_row) :] = (70, 135, 55)
+    lost = np.concatenate([clip.frames[:3], grass[3:]])  # the road is gone after frame 3
+    assert measured_yaw(lost, DRIVE) == pytest.approx(measured_yaw(clip.frames[:3], DRIVE))
+    assert measured_yaw(lost, DRIVE) > 0.1
+    assert np.isnan(measured_yaw(grass, DRIVE))  # no road in the first frame: nothing to measure against
 
 
 def test_the_oracle_beats_every_baseline_and_copying_ties_it() -> None:
@@ -84,8 +94,7 @@ def test_the_oracle_beats_every_baseline_and_copying_ties_it() -> None:
     assert copied_error.value == pytest.approx(copied_error.baseline) and not copied_error.beats_baseline
 
     turns, left, right = action_to_video_metrics(oracle, CONFIG, progress=False)
-    # The oracle's views are the world's renders, so it scores the detector's ceiling (not 1: at 32 px a turn
-    # can be measured short of a quarter of its size).
+    # The oracle's views are the world's renders, so it scores the detector's ceiling.
     assert turns.value == turns.on_truth > turns.baseline and left.value > 0 > right.value
     still, _, _ = action_to_video_metrics(copy, CONFIG, progress=False)
     assert still.value == 0.0  # a frozen view turns neither way

@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 
 import pytest
+import yaml
 from click.testing import CliRunner
 
 from wd_data import TokenCacheDataset
@@ -13,7 +14,8 @@ from wd_data import TokenCacheDataset
 from wd_cli.main import cli
 from wd_cli.media import read_frames
 from wd_cli.pipeline import WorldDreamerPipeline
-from wd_cli.quickstart import QuickstartConfig
+from wd_cli import quickstart
+from wd_cli.quickstart import CALIBRATION_STEPS, QuickstartConfig, calibrated_steps
 
 TASKS = ("text2video", "image2video", "inpaint", "stylize", "action2video")
 
@@ -33,6 +35,9 @@ def test_quickstart_writes_every_output_and_reuses_its_models(tmp_path: Path) ->
     assert len(TokenCacheDataset(out / "caches" / "shapes")[0]["text"]) > 0
     drive = TokenCacheDataset(out / "caches" / "drive")[0]
     assert len(drive["text"]) == 0 and drive["actions"].shape == (8, 2)
+    run = yaml.safe_load((out / "runs" / "stpt" / "config.yaml").read_text())
+    assert {Path(source["path"]).name: source["weight"] for source in run["data"]["sources"]} == {"shapes": 1.5,
+                                                                                                  "drive": 1.0}
     for task in TASKS:
         for column in ("input", "mask", "output"):
             assert (out / "tasks" / task / f"{column}.gif").is_file()
@@ -63,3 +68,32 @@ def test_quickstart_config_errors() -> None:
 def test_quickstart_help_shows_an_example() -> None:
     result = CliRunner().invoke(cli, ["quickstart", "--help"])
     assert result.exit_code == 0 and "Example:" in result.output and "--minutes" in result.output
+
+
+class FakeTrainer:
+    """A resumable trainer on a fake clock: each call costs `resume` seconds plus `per_step` per new step."""
+
+    def __init__(self, resume: float, per_step: float) -> None:
+        self.now, self.steps, self.resume, self.per_step = 0.0, 0, resume, per_step
+
+    def __call__(self, steps: int) -> None:
+        self.now += self.resume + (steps - self.steps) * self.per_step
+        self.steps = steps
+
+
+@pytest.mark.parametrize("resume, per_step", [(0.0, 0.1), (5.0, 0.1), (30.0, 0.5)])
+def test_calibrated_steps_fill_the_budget_whatever_a_resume_costs(monkeypatch, resume, per_step) -> None:
+    trainer = FakeTrainer(resume, per_step)
+    monkeypatch.setattr(quickstart.time, "monotonic", lambda: trainer.now)
+    budget = 1000.0
+    steps = calibrated_steps(trainer, budget, maximum=10**6)
+    trainer(steps)  # the final run, as the stages make it
+    assert trainer.now == pytest.approx(budget, abs=per_step)
+    assert steps >= 5 * CALIBRATION_STEPS
+
+
+@pytest.mark.parametrize("budget, expected", [(1e6, 500), (1.0, 5 * CALIBRATION_STEPS)])  # capped, over budget
+def test_calibrated_steps_keep_their_bounds(monkeypatch, budget, expected) -> None:
+    trainer = FakeTrainer(resume=1.0, per_step=0.1)
+    monkeypatch.setattr(quickstart.time, "monotonic", lambda: trainer.now)
+    assert calibrated_steps(trainer, budget, maximum=500) == expected

@@ -23,6 +23,7 @@ from wd_data.synthetic import (
     ShapesWorld,
     detect_shapes,
     estimate_forward_motion,
+    estimate_road_heading,
     estimate_yaw_change,
     eval_seeds,
 )
@@ -205,6 +206,61 @@ def test_driving_forward_brings_the_ground_toward_the_camera(seed):
     horizon = int(config.horizon_row)
     assert np.any(moving.frames[0, horizon + 2 :] != moving.frames[2, horizon + 2 :])
     np.testing.assert_array_equal(parked.frames[0], parked.frames[2])
+
+
+def road_heading_errors(clip, config: DriveConfig) -> np.ndarray:
+    """|estimated - true| heading relative to the road per frame (nan where the road was not found)."""
+    estimates = np.array([estimate_road_heading(frame, config) for frame in clip.frames])
+    return np.abs(estimates - road_heading(clip))
+
+
+def road_heading(clip) -> np.ndarray:
+    """The true heading relative to the road (north), rad, left positive."""
+    return clip.state["heading"] - np.pi / 2
+
+
+@settings(max_examples=30, deadline=None)
+@given(seed=SEEDS, size=st.sampled_from([32, 48, 64]))
+def test_road_heading_of_a_first_frame_is_within_a_few_pixels_worth(seed, size):
+    # The first frame: the car on its lane, heading within 0.05 rad of the road; ~4 px / size of error.
+    config = DriveConfig(height=size, width=size, num_frames=1)
+    clip = DriveWorld(config).render(seed)
+    assert road_heading_errors(clip, config)[0] < 5 / size
+
+
+@pytest.mark.parametrize("size, tolerance", [(32, 0.1), (64, 0.03)])
+def test_road_heading_follows_the_seeds_drives(size, tolerance):
+    config = DriveConfig(height=size, width=size, num_frames=8, max_yaw_change=0.12)
+    for seed in range(20):
+        clip = DriveWorld(config).render(seed)
+        errors = road_heading_errors(clip, config)
+        # The road is lost only where a hard turn has taken it to the edge of the 90-degree view.
+        assert np.all(np.abs(road_heading(clip)[np.isnan(errors)]) > 0.5)
+        assert np.nanmedian(errors) < tolerance
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_road_heading_measures_left_and_right_turns_and_tolerates_noise(seed):
+    config = DriveConfig(height=64, width=64, num_frames=5)
+    rng = np.random.default_rng(seed)
+    for yaw in (0.1, -0.1):
+        frames = DriveWorld(config).render(seed, constant_actions(5, yaw, 6.0)).frames
+        turned = estimate_road_heading(frames[4], config) - estimate_road_heading(frames[0], config)
+        assert turned == pytest.approx(4 * yaw, abs=0.05)
+        # Noise like a decoder adds moves the estimate little (pixels are blurred before they are classified).
+        noisy = [np.clip(frame + rng.normal(0, 8, frame.shape), 0, 255).astype(np.uint8) for frame in frames[[0, 4]]]
+        noisy_turn = estimate_road_heading(noisy[1], config) - estimate_road_heading(noisy[0], config)
+        assert noisy_turn == pytest.approx(4 * yaw, abs=0.1)
+
+
+def test_road_heading_is_nan_without_a_road_and_refuses_a_wrong_frame():
+    config = DriveConfig(height=32, width=32, num_frames=1)
+    frame = DriveWorld(config).render(0).frames[0].copy()
+    assert np.isfinite(estimate_road_heading(frame, config))
+    frame[int(config.horizon_row) :] = (70, 135, 55)  # grass to the horizon
+    assert np.isnan(estimate_road_heading(frame, config))
+    with pytest.raises(ValueError, match="frame must be"):
+        estimate_road_heading(frame[:, :16], config)
 
 
 def test_drive_rejects_actions_of_the_wrong_shape():

@@ -11,6 +11,7 @@ from wd_data.synthetic.drive import (
     DriveDataset,
     DriveWorld,
     estimate_forward_motion,
+    estimate_road_heading,
     estimate_yaw_change,
 )
 from wd_data.synthetic.shapes import (
@@ -40,6 +41,7 @@ __all__ = [
     "ShapesWorld",
     "detect_shapes",
     "estimate_forward_motion",
+    "estimate_road_heading",
     "estimate_yaw_change",
     "eval_seeds",
 ]

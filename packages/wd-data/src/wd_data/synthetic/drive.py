@@ -4,8 +4,9 @@ World frame: metres on a flat ground plane, x east, y north, heading counter-clo
 nuScenes' ego yaw), so a positive yaw change is a left turn. The road runs north along x = 0 with
 poles on both sides; distant mountains sit at infinity. Action t = (yaw change rad, speed m/s) moves
 the car from frame t to frame t+1: heading += yaw change, then it drives speed / fps metres ahead.
-In the image a left turn shifts the whole scene to the right (positive `estimate_yaw_change`), and
-driving forward moves ground features down, toward the camera (positive `estimate_forward_motion`).
+In the image a left turn shifts the whole scene to the right (positive `estimate_yaw_change`) and turns
+the road to the right (`estimate_road_heading` grows), and driving forward moves ground features down,
+toward the camera (positive `estimate_forward_motion`).
 """
 
 import math
@@ -24,6 +25,8 @@ _MATERIALS = np.array([[70, 135, 55], [95, 95, 100], [235, 235, 225]], dtype=np.
 _SHADE_AMPLITUDES = np.array([25, 15, 0], dtype=np.float32)
 _POLE = np.array([60, 50, 45], dtype=np.float32)
 _CELL = 2.0  # metres: side of the ground cells whose shades vary, so motion shows everywhere
+_DARKEST_ROAD = 70.0  # mean RGB: unfogged asphalt is 80 at its darkest, a pole nearer than ~5 m darker
+_MIN_ROAD_RUN = 1.0  # metres: narrower road-coloured runs are poles (0.3 m) or slivers
 _SHADES = 4096  # entries in the per-seed table of cell shades (a power of two: indices wrap with a mask)
 
 
@@ -235,6 +238,55 @@ def estimate_yaw_change(frame_a: np.ndarray, frame_b: np.ndarray, config: DriveC
         strip = np.stack([np.interp(columns, np.arange(grey.shape[1]), row) for row in grey[rows]])
         strips.append((strip - strip.mean()) * window)
     return _phase_correlation_peak(*strips) * (angles[1] - angles[0])
+
+
+def _longest_run(row: np.ndarray) -> tuple[int, int] | None:
+    """(start, end) of the longest run of True in a 1-D bool array (end exclusive); None when all False."""
+    edges = np.diff(np.concatenate([[0], row.astype(np.int8), [0]]))
+    starts, ends = np.flatnonzero(edges == 1), np.flatnonzero(edges == -1)
+    if starts.size == 0:
+        return None
+    longest = int(np.argmax(ends - starts))
+    return int(starts[longest]), int(ends[longest])
+
+
+def estimate_road_heading(frame: np.ndarray, config: DriveConfig, grass_greenness: float = 12.0) -> float:
+    """The car's heading relative to the road (rad, left positive, 0 along it) in one uint8 (H, W, 3) frame;
+    nan when too little of the road's edges is in view.
+
+    Pixels of the ground rows nearer than the fog distance are road where green, blurred 3x3, exceeds the
+    mean of red and blue by less than `grass_greenness` (grass ~70 near, ~30 at the fog distance; asphalt,
+    paint and poles ~0) and that are not darker than asphalt (near poles are). In each row the longest road
+    run at least 1 m wide (poles are 0.3 m) gives the road's left and right edges where they lie inside the
+    image; back-projected onto the ground they are two parallel lines whose common slope is the tangent of
+    the heading, whatever the car's place across the road. The road is wide and drawn coarse, so this stays
+    measurable where the skyline that `estimate_yaw_change` reads is a few blurred pixels (32 x 32 frames,
+    generated ones especially).
+    """
+    c = config
+    if frame.shape != (c.height, c.width, 3):
+        raise ValueError(f"frame must be (H, W, 3) = ({c.height}, {c.width}, 3), got shape {frame.shape}")
+    first = int(np.ceil(c.horizon_row - 0.5))
+    ground = frame[first:].astype(np.float32)
+    greenness = _smooth(ground[..., 1] - 0.5 * (ground[..., 0] + ground[..., 2]))
+    is_road = (greenness < grass_greenness) & (_smooth(ground.mean(axis=-1)) > _DARKEST_ROAD)
+    ahead = c.focal * c.camera_height / (np.arange(first, c.height) + 0.5 - c.horizon_row)
+    design, right = [], []  # rows of [ahead, is left edge, is right edge] and the edge's metres to the right
+    for row in np.flatnonzero(ahead < c.fog_distance):
+        run = _longest_run(is_road[row])
+        if run is None or (run[1] - run[0]) / c.focal * ahead[row] < _MIN_ROAD_RUN:
+            continue
+        for side, column in enumerate(run):
+            if 0 < column < c.width:
+                design.append([ahead[row], side == 0, side == 1])
+                right.append((column - c.width / 2) / c.focal * ahead[row])
+    design_matrix = np.array(design, dtype=np.float64).reshape(-1, 3)
+    used = [0] + [side for side in (1, 2) if design_matrix[:, side].any()]
+    # More points than unknowns puts one edge in two rows (an edge shows once per row), which fixes the slope.
+    if len(right) <= len(used):
+        return float("nan")
+    slope = np.linalg.lstsq(design_matrix[:, used], np.array(right), rcond=None)[0][0]
+    return float(math.atan(slope))
 
 
 def _bilinear(image: np.ndarray, rows: np.ndarray, cols: np.ndarray) -> np.ndarray:
