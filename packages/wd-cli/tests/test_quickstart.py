@@ -11,10 +11,10 @@ from click.testing import CliRunner
 
 from wd_data import TokenCacheDataset
 
+from wd_cli import quickstart
 from wd_cli.main import cli
 from wd_cli.media import read_frames
 from wd_cli.pipeline import WorldDreamerPipeline
-from wd_cli import quickstart
 from wd_cli.quickstart import CALIBRATION_STEPS, QuickstartConfig, calibrated_steps
 
 TASKS = ("text2video", "image2video", "inpaint", "stylize", "action2video")

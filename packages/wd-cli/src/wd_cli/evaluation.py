@@ -185,6 +185,9 @@ def action_to_video_metrics(
     def turned(sign: float, yaw: float) -> int:
         return int(sign * yaw > 0.25 * commanded)
 
+    def measured(frames: np.ndarray) -> float:
+        return float(np.nan_to_num(measured_yaw(frames, drive)))  # no road in the first frame: no turn
+
     correct = truth_correct = total = 0
     yaws: dict[float, list[float]] = {1.0: [], -1.0: []}
     for index, seed in enumerate(tqdm(eval_seeds(config.clips), desc="eval action2video", disable=not progress)):
@@ -193,10 +196,10 @@ def action_to_video_metrics(
             clip = world.render(seed, actions=actions)
             generated = pipe.action_to_video(clip.frames[0], actions, num_frames=frames, steps=config.steps,
                                              seed=config.seed + index).frames
-            yaw = float(np.nan_to_num(measured_yaw(generated, drive)))
+            yaw = measured(generated)
             yaws[sign].append(yaw)
             correct += turned(sign, yaw)
-            truth_correct += turned(sign, float(np.nan_to_num(measured_yaw(clip.frames, drive))))
+            truth_correct += turned(sign, measured(clip.frames))
             total += 1
     return [
         Metric("action2video turns in the commanded direction (rate)", correct / total, 0.5, "chance", "higher",
