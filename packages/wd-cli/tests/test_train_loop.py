@@ -34,6 +34,7 @@ from wd_cli.train import (
 )
 from wd_cli.train.checkpoint import TRAINER_STATE, latest_checkpoint
 from wd_cli.train.configfile import dump_yaml
+from wd_cli.train.trainer import lr_factor
 from wd_cli.train.metrics import MetricsLog
 
 CODEBOOK, TEXT_DIM = 16, 8
@@ -171,6 +172,27 @@ def test_time_budget_stops_with_a_checkpoint_and_a_finished_run_returns(caches, 
     done = run_config(caches, steps=1)
     model = train_stpt(done, tmp_path, progress=False)
     assert_same_tensors(model.state_dict(), checkpoint_state(tmp_path)[0])
+
+
+def test_lr_anneals_by_whichever_of_steps_and_time_runs_out_first():
+    section = OptimSection(lr=1.0, warmup_steps=10, min_lr_ratio=0.1)
+    assert lr_factor(section, 1000, 4) == pytest.approx(0.5)  # warmup, by steps whatever the time
+    assert lr_factor(section, 1000, 4, time_spent=1.0) == pytest.approx(0.5)
+    assert lr_factor(section, 1000, 505) == pytest.approx(0.55)  # half way by steps
+    assert lr_factor(section, 1000, 505, time_spent=0.25) == pytest.approx(0.55)  # time is behind: steps lead
+    assert lr_factor(section, 1000, 505, time_spent=1.0) == pytest.approx(0.1)  # time is up: annealed
+    assert lr_factor(section, 1000, 1000, time_spent=0.0) == pytest.approx(0.1)
+
+
+def test_a_spent_time_budget_stops_the_run_across_resumes(caches, tmp_path):
+    config = run_config(caches, steps=1000, train=TrainSection(steps=1000, time_budget_minutes=1e-6))
+    train_stpt(config, tmp_path, progress=False)
+    first = latest_checkpoint(tmp_path)
+    assert first.name == "step_0000001"
+    state = torch.load(first / "trainer_state.pt", weights_only=True)
+    assert state["trained_seconds"] > 6e-5  # the budget, 1e-6 minutes, was spent by the first step
+    train_stpt(config, tmp_path, progress=False)  # resumed: the budget counts the first call's time
+    assert latest_checkpoint(tmp_path) == first
 
 
 def test_ema_weights_are_returned_and_saved_and_tensorboard_logs(caches, tmp_path):

@@ -11,6 +11,7 @@ import json
 import math
 import os
 import shutil
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -41,12 +42,16 @@ class TrainConfig:
     log_every: int = 100
     seed: int = 0
     loss: LossConfig = field(default_factory=LossConfig)
+    # Total training time over all calls of the run: training stops (with a checkpoint) once it is spent.
+    time_budget_minutes: float | None = None
 
     def __post_init__(self) -> None:
         counts = ("grad_accumulation", "checkpoint_every", "keep_checkpoints", "log_every")
         bad = {name: getattr(self, name) for name in counts if getattr(self, name) < 1}
         if self.steps < 0:
             bad["steps"] = self.steps
+        if self.time_budget_minutes is not None and not 0 < self.time_budget_minutes < math.inf:
+            bad["time_budget_minutes"] = self.time_budget_minutes
         if bad:
             raise ValueError(f"TrainConfig fields out of range (steps must be >= 0, the others >= 1): {bad}")
         if self.mixed_precision not in ("auto", "bf16", "no"):
@@ -103,6 +108,7 @@ class Trainer:
         self.opt_d = torch.optim.AdamW(self.loss.discriminator.parameters(), **adamw)
         self.bf16 = use_bf16(config.mixed_precision, self.device)
         self.step = 0
+        self.trained_seconds = 0.0  # over all calls of this run
         self.codes = torch.zeros(model.codebook_size, dtype=torch.long)  # code histogram since the last log line
 
     def autocast(self) -> torch.autocast:
@@ -148,7 +154,7 @@ class Trainer:
         self.model.save_pretrained(tmp / "model")
         save_module_weights(self.loss.discriminator, tmp / "discriminator.safetensors")
         state = {"step": self.step, "opt_g": self.opt_g.state_dict(), "opt_d": self.opt_d.state_dict(),
-                 "codes": self.codes, "rng": torch.get_rng_state()}
+                 "codes": self.codes, "rng": torch.get_rng_state(), "trained_seconds": self.trained_seconds}
         if torch.cuda.is_available():
             state["cuda_rng"] = torch.cuda.get_rng_state_all()
         torch.save(state, tmp / "trainer_state.pt")
@@ -166,6 +172,7 @@ class Trainer:
         self.opt_g.load_state_dict(state["opt_g"])
         self.opt_d.load_state_dict(state["opt_d"])
         self.step, self.codes = state["step"], state["codes"]
+        self.trained_seconds = float(state.get("trained_seconds", 0.0))
         torch.set_rng_state(state["rng"])
         if "cuda_rng" in state and torch.cuda.is_available():
             torch.cuda.set_rng_state_all(state["cuda_rng"])
@@ -198,14 +205,21 @@ class Trainer:
         self.model.train()
         self.loss.train()
         bar = tqdm(total=self.config.steps, initial=self.step, disable=not progress, desc="vqgan")
-        while self.step < self.config.steps:
+        budget = math.inf if self.config.time_budget_minutes is None else 60 * self.config.time_budget_minutes
+        while self.step < self.config.steps and self.trained_seconds < budget:
+            start = time.monotonic()
             logs = self.train_step(batch_fn)
+            self.trained_seconds += time.monotonic() - start
             bar.update(1)
-            if self.step % self.config.log_every == 0 or self.step == self.config.steps:
+            last = self.step == self.config.steps or self.trained_seconds >= budget
+            if self.step % self.config.log_every == 0 or last:
                 record = self.log(logs)
                 bar.set_postfix(l1=f"{record['l1']:.4f}", usage=f"{record['codebook_usage']:.2f}")
-            if self.step % self.config.checkpoint_every == 0 or self.step == self.config.steps:
+            if self.step % self.config.checkpoint_every == 0 or last:
                 self.save_checkpoint()
+        if self.step < self.config.steps and progress:
+            tqdm.write(f"vqgan: time budget of {self.config.time_budget_minutes:g} min spent, stopping at step "
+                       f"{self.step} of {self.config.steps}")
         bar.close()
         return self.model.eval()
 

@@ -66,8 +66,9 @@ def save_stpt(state: dict[str, torch.Tensor], config: STPTConfig, directory: Pat
 
 def save_checkpoint(run_dir: Path, step: int, model: nn.Module, config: STPTConfig, optimizer: torch.optim.Optimizer,
                     scheduler: Any, ema: AveragedModel | None, data_state: dict, keep: int,
-                    env: DistributedEnv) -> Path:
-    """Write checkpoint `step` (every rank calls this: the state dicts are gathered); rank 0 writes the files."""
+                    env: DistributedEnv, trained_seconds: float = 0.0) -> Path:
+    """Write checkpoint `step` (every rank calls this: the state dicts are gathered); rank 0 writes the files.
+    `trained_seconds`: the run's training time so far (its time budget continues from it on resume)."""
     model_state = get_model_state_dict(model, options=FULL)
     optimizer_state = get_optimizer_state_dict(model, optimizer, options=FULL)
     rng = _gather(_rng_state(env.device), env)
@@ -77,7 +78,7 @@ def save_checkpoint(run_dir: Path, step: int, model: nn.Module, config: STPTConf
         shutil.rmtree(tmp, ignore_errors=True)
         save_stpt(model_state, config, tmp / "model")
         state = {"step": step, "optimizer": optimizer_state, "scheduler": scheduler.state_dict(),
-                 "data": data_state, "rng": rng}
+                 "data": data_state, "rng": rng, "trained_seconds": trained_seconds}
         if ema is not None:
             ema.module.save_pretrained(tmp / "ema")
             state["ema_n_averaged"] = ema.n_averaged.cpu()
