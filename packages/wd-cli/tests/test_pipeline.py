@@ -13,7 +13,8 @@ import torch
 from wd_stpt import STPT
 from wd_stpt import get_config as stpt_config
 
-from wd_cli.devices import resolve_device, resolve_dtype
+from wd_cli import devices
+from wd_cli.devices import BF16_CPU_MIN_SPEEDUP, cpu_bf16_speedup, resolve_device, resolve_dtype
 from wd_cli.pipeline import Generation, PipelineDefaults, WorldDreamerPipeline
 from wd_cli.text_encoders import T5TextEncoder
 
@@ -228,11 +229,22 @@ def test_device_and_dtype_names() -> None:
     assert resolve_device("cpu") == cpu and resolve_device("auto").type in {"cpu", "cuda"}
     assert resolve_dtype("bf16", cpu) == torch.bfloat16
     assert resolve_dtype("fp16", cpu) == torch.float32  # no fp16 autocast on the CPU
-    assert resolve_dtype(None, cpu) == torch.float32
+    # auto: bf16 exactly where the CPU's bf16 matmul was measured clearly faster.
+    expected = torch.bfloat16 if cpu_bf16_speedup() >= BF16_CPU_MIN_SPEEDUP else torch.float32
+    assert resolve_dtype(None, cpu) == resolve_dtype("auto", cpu) == expected
     with pytest.raises(ValueError, match="unknown dtype"):
         resolve_dtype("int8", cpu)
     with pytest.raises(ValueError, match="unknown device"):
         resolve_device("gpu0")
+
+
+def test_bf16_probe_tells_emulated_from_native_bf16(monkeypatch) -> None:
+    cpu = torch.device("cpu")
+    assert cpu_bf16_speedup() > 0 and cpu_bf16_speedup() is cpu_bf16_speedup()  # measured once per process
+    monkeypatch.setattr(devices, "cpu_bf16_speedup", lambda: 0.3)  # emulated bf16: slower than fp32
+    assert not devices.prefers_bf16(cpu) and resolve_dtype("auto", cpu) == torch.float32
+    monkeypatch.setattr(devices, "cpu_bf16_speedup", lambda: 3.4)  # AMX
+    assert devices.prefers_bf16(cpu) and resolve_dtype("auto", cpu) == torch.bfloat16
 
 
 def test_t5_pipeline_round_trip(make_tiny_pipeline, tiny_t5_dir: Path, tmp_path: Path) -> None:

@@ -76,7 +76,8 @@ class TrainSection:
     # Total training time of the run over all its calls: the run stops (with a checkpoint) when it is spent, and
     # the lr schedule follows whichever of `steps` and this time runs out first, so a deadline ends annealed.
     time_budget_minutes: float | None = None
-    mixed_precision: Literal["auto", "bf16", "no"] = "auto"  # auto: bf16 autocast on CUDA, float32 on CPU
+    # auto: bf16 autocast where it is faster (CUDA; a CPU with bf16 units, measured: wd_cli.devices.prefers_bf16)
+    mixed_precision: Literal["auto", "bf16", "no"] = "auto"
     device: str | None = None  # None: cuda:LOCAL_RANK when CUDA is available, else cpu
 
 
