@@ -187,7 +187,7 @@ def test_from_checkpoint_detects_the_layout_and_finds_a_pipelines_vqvae(open_mus
     (pipeline / "model_index.json").write_text("{}")
     (pipeline / "vqvae" / "config.json").write_text(json.dumps({"_class_name": "VQModel", "num_vq_embeddings": 4}))
     assert detect_layout(pipeline / "vqvae") == "diffusers"
-    with pytest.raises(ValueError, match=r"pipeline/vqvae holds a diffusers checkpoint, not open-muse"):
+    with pytest.raises(ValueError, match=r"pipeline/vqvae is in the diffusers layout, not open-muse"):
         from_checkpoint(pipeline, layout="open-muse")
     with pytest.raises(ValueError, match="layout must be one of"):
         from_checkpoint(directory, layout="taming")

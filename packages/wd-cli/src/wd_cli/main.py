@@ -8,6 +8,7 @@ import click
 
 # name -> "module:attribute" of its click command.
 SUBCOMMANDS = {
+    "convert": "wd_cli.convert:convert",
     "eval": "wd_cli.evaluation:eval_command",
     "generate": "wd_cli.generate:generate",
     "quickstart": "wd_cli.quickstart:quickstart",

@@ -183,5 +183,5 @@ def from_checkpoint(directory: str | Path, layout: str | None = None) -> VQGAN:
         raise ValueError(f"layout must be one of {sorted(CONVERTERS)}, got {layout!r}")
     found = detect_layout(directory)
     if layout is not None and layout != found:
-        raise ValueError(f"{directory} holds a {found} checkpoint, not {layout}")
+        raise ValueError(f"{directory} is in the {found} layout, not {layout}")
     return CONVERTERS[found](directory)
