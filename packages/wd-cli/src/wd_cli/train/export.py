@@ -68,7 +68,7 @@ def assemble_pipeline(out_dir: str | Path, stpt: str | Path, tokenizer: str | Pa
     source = Path(stpt)
     vqgan, encoder, defaults, run = None, None, None, None
     if (source / PIPELINE_FILE).is_file():
-        base = open_part("pipeline", WorldDreamerPipeline.from_pretrained, source)
+        base = open_part("pipeline", lambda path: WorldDreamerPipeline.from_pretrained(path, device="cpu"), source)
         vqgan, model, encoder, defaults = base.tokenizer, base.stpt, unwrap(base.text_encoder), base.defaults
     else:
         weights, run = stpt_weights(source)
