@@ -143,7 +143,9 @@ class PromptEmbedding(nn.Module):
         if cond.actions is not None:
             actions = cond.actions.to(dtype)
             if self.action_scale:
-                actions = actions / actions.new_tensor(self.action_scale)
+                # Column by column with Python scalars: a tensor made from the tuple would be a host-to-device copy,
+                # which CUDA-graph capture forbids.
+                actions = torch.stack([actions[..., i] / scale for i, scale in enumerate(self.action_scale)], dim=-1)
             actions = torch.where(keep[:, None, None], actions, 0.0)
             per_frame = self.norm(self.action_mlp(actions))[:, :, None]
             masks.append(keep[:, None, None].expand(batch, frames, 1))
