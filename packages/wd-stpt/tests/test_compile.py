@@ -90,11 +90,15 @@ def test_graphed_forward_replays_like_eager(make_model, random_tokens, dims):
     model = make_model(depth=3, action_scale=(0.5, 2.0, 1.0)).cuda()
     cond = _full_condition(2, 2, dims)
     cond = STPTCondition(**{name: getattr(cond, name).cuda() for name in vars(cond)})
-    graphed = GraphedForward(model)
+    other = STPTCondition(**{name: value.flip(0) for name, value in vars(cond).items()})  # same layout
+    graphed, graphs = GraphedForward(model), []
     with torch.no_grad():
-        for seed, condition in ((0, cond), (1, cond), (2, None), (3, cond)):  # new tokens, then a recapture
+        for seed, condition in ((0, cond), (1, other), (2, None), (3, cond)):
             tokens = random_tokens(2, 2, 4, 4, seed=seed).cuda()
             torch.testing.assert_close(graphed(tokens, condition), model(tokens, condition))
+            graphs.append(graphed.graph)
+    assert graphs[0] is graphs[1]  # new values of one layout replay the same graph
+    assert len({id(graph) for graph in graphs}) == 3  # no condition, then a condition again: two recaptures
 
 
 def test_bf16_autocast_matches_float32(make_model, random_tokens):
