@@ -144,13 +144,14 @@ class Generation:
         """The STPT with this attention backend (same weights every time), its blocks compiled if asked."""
         key = (attention, compiled)
         if key not in self.models:
+            self.models.clear()  # one paper-1b at a time
             torch.manual_seed(0)
             with torch.device(self.device):
                 model = STPT(dataclasses.replace(self.config, attention_backend=attention)).eval()
             if compiled:
                 for block in model.blocks:
                     block.compile(backend=self.sizes.compile_backend)
-            self.models = {key: model}  # one paper-1b at a time
+            self.models[key] = model
         return self.models[key]
 
     def model_fn(self, variant: GenerationVariant) -> Callable[[torch.Tensor, STPTCondition], torch.Tensor]:
