@@ -2,16 +2,12 @@
 
 from __future__ import annotations
 
-import io
-import json
-import tarfile
 from fractions import Fraction
 from pathlib import Path
 
 import av
 import numpy as np
 import pytest
-from PIL import Image
 
 LEVEL_BASE, LEVEL_STEP = 10, 8  # frame i is grey 10 + 8 i: survives H.264 and reads back by rounding
 
@@ -74,41 +70,3 @@ def frame_indices():
         return np.rint((levels - LEVEL_BASE) / LEVEL_STEP).astype(int).tolist()
 
     return decode
-
-
-def jpeg_bytes(level: int, height: int = 20, width: int = 30) -> bytes:
-    buffer = io.BytesIO()
-    Image.fromarray(np.full((height, width, 3), level, np.uint8)).save(buffer, format="JPEG", quality=95)
-    return buffer.getvalue()
-
-
-def write_shard(path, members):
-    with tarfile.open(path, "w") as tar:
-        for name, data in members:
-            info = tarfile.TarInfo(name)
-            info.size = len(data)
-            tar.addfile(info, io.BytesIO(data))
-    return path
-
-
-def image_record(key: str, level: int, kind: str = "good") -> list[tuple[str, bytes]]:
-    """img2dataset's members for one image: .jpg, .txt and .json; `kind` spoils one of them."""
-    meta = {"key": key, "caption": f"json {level}", "url": f"http://x/{key}.jpg", "status": "success"}
-    members = [(f"{key}.jpg", b"garbage" if kind == "corrupt_image" else jpeg_bytes(level))]
-    if kind == "not_utf8":
-        members.append((f"{key}.txt", b"caf\xe9"))
-    elif kind == "malformed_json":
-        members.append((f"{key}.json", b"{not json"))
-        return members
-    elif kind != "json_caption_only":
-        members.append((f"{key}.txt", f"caption {level}".encode()))
-    if kind == "no_caption":
-        return members[:1]
-    members.append((f"{key}.json", json.dumps(meta).encode()))
-    return members
-
-
-@pytest.fixture(scope="session")
-def tar_shard_writer():
-    """(write_shard(path, [(name, bytes)]), image_record(key, level, kind)): img2dataset-style shards."""
-    return write_shard, image_record

@@ -13,6 +13,7 @@ from torch.utils.data import DataLoader
 from wd_data.collate import collate_samples
 from wd_data.datasets.tar_shards import TarShardConfig, TarShardDataset
 from wd_data.errors import DataSourceError, MediaReadError
+from wd_data.testing import image_record, write_tar
 from wd_data.token_cache import TokenCacheDataset, TokenCacheError, write_token_cache
 
 NUM_SAMPLES, SHARD = 10, 4  # shards of 4, 4 and 2 samples
@@ -312,11 +313,10 @@ def test_num_samples_caches_the_first_samples(tmp_path):
     assert_reads_back(TokenCacheDataset(tmp_path), make_samples()[:5])
 
 
-def test_tar_shards_are_cached_one_unit_per_shard_and_resume(tmp_path, tar_shard_writer):
-    write_shard, image_record = tar_shard_writer
+def test_tar_shards_are_cached_one_unit_per_shard_and_resume(tmp_path):
     for shard in range(3):
         kinds = ["good", "corrupt_image" if shard == 1 else "good", "good"]
-        write_shard(tmp_path / f"{shard}.tar", [member for item, kind in enumerate(kinds)
+        write_tar(tmp_path / f"{shard}.tar", [member for item, kind in enumerate(kinds)
                                                 for member in image_record(f"{shard}{item}", 20 * (3 * shard + item),
                                                                            kind)])
     dataset = TarShardDataset(TarShardConfig(tmp_path, num_frames=1, size=8))

@@ -96,8 +96,9 @@ def test_bad_csv_rows_are_skipped_with_their_line(webvid_folder, caplog):
 
 
 def test_bad_jsonl_rows_are_skipped_with_their_line(tmp_path, index_video):
-    rows = [json.dumps({"path": str(index_video), "caption": "good"}).encode(), b"[1, 2]", b"{broken",
-            json.dumps({"path": str(index_video)}).encode(), json.dumps({"path": str(index_video), "caption": None}).encode(),
+    video = str(index_video)
+    rows = [json.dumps({"path": video, "caption": "good"}).encode(), b"[1, 2]", b"{broken",
+            json.dumps({"path": video}).encode(), json.dumps({"path": video, "caption": None}).encode(),
             json.dumps({"caption": "no video"}).encode(), b'{"path": "x.mp4", "caption": "caf\xe9"}',
             json.dumps({"videoid": 7, "caption": ""}).encode()]
     (tmp_path / "m.jsonl").write_bytes(b"\n".join(rows))

@@ -89,7 +89,9 @@ def _identity(item: Any) -> Any:
     return item
 
 
-def _read_manifest(cache_dir: Path) -> dict[str, Any]:
+def read_cache_manifest(cache_dir: str | Path) -> dict[str, Any]:
+    """A cache directory's manifest (plan, metadata, and when complete its shards); TokenCacheError if unusable."""
+    cache_dir = Path(cache_dir)
     path = cache_dir / MANIFEST
     if not cache_dir.is_dir():
         raise TokenCacheError(f"no token cache at {cache_dir}: the directory does not exist")
@@ -251,7 +253,7 @@ class _UnitReader(IterableDataset):
 def _start(cache_dir: Path, plan: dict[str, Any], metadata: dict[str, Any]) -> None:
     """Write the manifest's plan, or check that an existing cache was planned the same way."""
     if (cache_dir / MANIFEST).exists():
-        manifest = _read_manifest(cache_dir)
+        manifest = read_cache_manifest(cache_dir)
         if (manifest["plan"], manifest["metadata"]) != (plan, metadata):
             raise ValueError(f"{cache_dir} holds a cache planned as {manifest['plan']} with metadata "
                              f"{manifest['metadata']}, not {plan} with {metadata}; write to a new directory")
@@ -264,7 +266,7 @@ def _start(cache_dir: Path, plan: dict[str, Any], metadata: dict[str, Any]) -> N
 
 def _finish(cache_dir: Path) -> bool:
     """List the shards in the manifest when every unit is finished; -> whether the cache is complete."""
-    manifest = _read_manifest(cache_dir)
+    manifest = read_cache_manifest(cache_dir)
     finished = finished_units(cache_dir)
     units = range(manifest["plan"]["num_units"])
     if any(unit not in finished for unit in units):
@@ -419,7 +421,7 @@ class TokenCacheDataset(SkippingDataset):
 
     def __init__(self, cache_dir: str | Path, allow_incomplete: bool = False) -> None:
         self.cache_dir = Path(cache_dir)
-        self.manifest = _read_manifest(self.cache_dir)
+        self.manifest = read_cache_manifest(self.cache_dir)
         if self.manifest["complete"]:
             shards, schema = self.manifest["shards"], self.manifest["schema"]
         else:
@@ -459,6 +461,16 @@ class TokenCacheDataset(SkippingDataset):
 
     def __len__(self) -> int:
         return self._starts[-1]
+
+    @property
+    def num_shards(self) -> int:
+        """Shards read (those refused at open not counted)."""
+        return len(self._units)
+
+    def count_bad_ids(self) -> int:
+        """Samples whose ids reach past the codebook, found by reading every token (what open does not do)."""
+        return sum(int((self._shard(position).tokens.reshape(count, -1).max(axis=1) >= self.id_limit).sum())
+                   for position, count in enumerate(self._counts))
 
     def __getstate__(self) -> dict[str, Any]:
         # Memory maps are reopened in each DataLoader worker rather than pickled.

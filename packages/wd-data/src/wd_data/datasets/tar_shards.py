@@ -117,7 +117,7 @@ class TarShardDataset(SkipCounter, IterableDataset):
         """Reshuffle the shard order and draw new clip starts and crops in the next pass."""
         self.epoch = epoch
 
-    def _records(self, shard: int) -> Iterator[dict[str, Any] | BadSampleError]:
+    def records(self, shard: int) -> Iterator[dict[str, Any] | BadSampleError]:
         """The shard's records (webdataset groups members by key) in stored order, and an error wherever a member
         or the tar itself could not be read (a truncated tar ends with one)."""
         url = self.shards[shard]
@@ -128,11 +128,11 @@ class TarShardDataset(SkipCounter, IterableDataset):
             yield record
         yield from (BadSampleError(f"unreadable tar ({' '.join(str(error).split())})") for error in errors)
         if not errors and not _ends_like_a_tar(url):
-            yield BadSampleError("truncated tar: no end-of-archive blocks, the records after the last one read are lost")
+            yield BadSampleError("truncated tar: no end-of-archive blocks; records after the last read are lost")
 
     def _first_media(self) -> str:
         for shard in range(len(self.shards)):
-            for record in self._records(shard):
+            for record in self.records(shard):
                 for media, extensions in MEDIA_EXTENSIONS.items():
                     if isinstance(record, dict) and any(extension in record for extension in extensions):
                         return media
@@ -151,7 +151,7 @@ class TarShardDataset(SkipCounter, IterableDataset):
         config, url = self.config, self.shards[shard]
         group: list[tuple[str, np.ndarray, str]] = []  # (key, image, caption) of the sample being collected
         position = 0
-        for record in self._records(shard):
+        for record in self.records(shard):
             if isinstance(record, BadSampleError):
                 if position >= start:  # errors before `start` were met by whoever read up to there
                     yield ShardItem(position, url, None, record)

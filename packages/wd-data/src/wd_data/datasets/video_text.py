@@ -180,7 +180,8 @@ class VideoTextDataset(SkippingDataset):
                     self.skips.skip(f"{source}:{number}", error)
         if not self.items:
             found = "videos" if source.is_dir() else "usable rows"
-            raise ValueError(f"{source}: no {found}" + (f"; first: {self.skips.reasons[0]}" if self.num_skipped else ""))
+            first = f"; first: {self.skips.reasons[0]}" if self.num_skipped else ""
+            raise ValueError(f"{source}: no {found}{first}")
 
     def __len__(self) -> int:
         return len(self.items)
