@@ -44,15 +44,22 @@ def test_folder_samples_are_groups_of_independent_images(image_folder):
     assert len(set(seen)) == len(seen) == 9  # one shuffle, no image twice in an epoch
 
 
-def test_folder_skips_corrupt_images_and_counts_them(image_folder):
-    (image_folder / "broken.jpg").write_bytes(b"\xff\xd8 not really a jpeg")
-    dataset = ImageFolderDataset(ImageTextConfig(image_folder, num_frames=11, size=8))
-    with pytest.raises(RuntimeError, match="no readable sample"):
-        dataset[0]  # only 10 readable images for an 11-image sample
-    dataset = ImageFolderDataset(ImageTextConfig(image_folder, num_frames=10, size=8))
-    sample = dataset[0]
-    assert sorted(level // 20 for level in levels(sample["frames"])) == list(range(10))
-    assert dataset.num_skipped == 1
+@pytest.mark.parametrize("spoil", ["image", "caption"])
+def test_a_group_with_a_bad_image_or_caption_is_skipped_whole(image_folder, spoil):
+    """No image serves two samples of an epoch: a spoilt group gives way to the next group, not to borrowed images."""
+    if spoil == "image":
+        (image_folder / "004.jpg").write_bytes(b"\xff\xd8 not really a jpeg")
+    else:
+        (image_folder / "004.txt").write_bytes(b"caf\xe9 au lait")
+    dataset = ImageFolderDataset(ImageTextConfig(image_folder, num_frames=2, size=8))
+    position = [dataset.images[image].name for image in dataset._order(0)].index("004.jpg")
+    spoilt = position // 2  # the 10 images make 5 groups of 2
+    sample = dataset[spoilt]
+    assert sample["meta"]["num_skipped"] == 1 and sample["meta"]["index"] == (spoilt + 1) % len(dataset)
+    reason = "cannot decode image" if spoil == "image" else "004.txt: caption is not UTF-8"
+    assert dataset.num_skipped == 1 and reason in dataset.skips.reasons[0]
+    groups = [tuple(dataset[index]["meta"]["paths"]) for index in range(len(dataset))]
+    assert len(set(groups)) == 4 and "004" not in str(groups)  # the spoilt group gave way to the next one
 
 
 def test_folder_shuffle_depends_on_seed_and_epoch(image_folder):
@@ -63,14 +70,6 @@ def test_folder_shuffle_depends_on_seed_and_epoch(image_folder):
 
     assert first_group(0, 0) == first_group(0, 0)
     assert len({tuple(first_group(seed, epoch)) for seed in range(3) for epoch in range(2)}) > 1
-
-
-def test_folder_skips_an_image_whose_caption_is_not_utf8(image_folder):
-    (image_folder / "003.txt").write_bytes(b"caf\xe9 au lait")
-    dataset = ImageFolderDataset(ImageTextConfig(image_folder, num_frames=9, size=8))
-    sample = dataset[0]
-    assert sorted(level // 20 for level in levels(sample["frames"])) == [0, 1, 2, 4, 5, 6, 7, 8, 9]
-    assert dataset.num_skipped == 1 and "003.txt: caption is not UTF-8" in dataset.skips.reasons[0]
 
 
 @pytest.mark.parametrize("overrides", [{"num_frames": 0}])

@@ -202,7 +202,8 @@ class _ShardWriter:
             fsync_file(written)
             files[written.name] = written.stat().st_size
         info = {"unit": self.unit, "count": len(self.tokens), "schema": schema.value if self.tokens else None,
-                "max_id": self.max_id, "files": files, "skipped": self.skips.skipped, "skip_reasons": self.skips.reasons}
+                "max_id": self.max_id, "files": files, "skipped": self.skips.skipped,
+                "skip_reasons": self.skips.reasons}
         (folder / SHARD_INFO).write_text(json.dumps(info))
         fsync_file(folder / SHARD_INFO)
 

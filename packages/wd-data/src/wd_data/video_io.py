@@ -200,7 +200,8 @@ def read_video(
         if fps is None:
             source_rate = _frame_rate(stream)
             if source_rate is None:
-                raise MediaReadError(f"{source_name(path)}: no frame rate in the container; pass fps= instead of frame_stride")
+                raise MediaReadError(
+                    f"{source_name(path)}: no frame rate in the container; pass fps= instead of frame_stride")
             step = (frame_stride or 1) / source_rate
         else:
             step = 1.0 / fps

@@ -24,7 +24,7 @@ size_option = click.option("--size", default=None, metavar="HxW", help="Frame si
 fps_option = click.option("--fps", type=click.FloatRange(min=0, min_open=True), default=None,
                           help="Frames per second picked from videos (default: every frame).")
 options_option = click.option("--option", "options", multiple=True, metavar="KEY=VALUE",
-                              help="Any other field of the source's wd_data config, e.g. split=mini_train.")
+                              help="Another field of the source's wd_data config, e.g. split=mini_train (none: None).")
 
 
 def one_line(command: Callable[..., Any]) -> Callable[..., Any]:

@@ -62,13 +62,13 @@ def detect_kind(source: str) -> tuple[str, str | None]:
 
 
 def parse_options(pairs: tuple[str, ...]) -> dict[str, Any]:
-    """("key=value", ...) -> {key: value as TOML reads it}."""
+    """("key=value", ...) -> {key: value as TOML reads it, or None for `none` (which TOML cannot say)}."""
     options = {}
     for pair in pairs:
         key, sep, text = pair.partition("=")
         if not sep or not key.strip():
             raise ConfigError(f"--option {pair!r}: expected KEY=VALUE")
-        options[key.strip()] = parse_scalar(text.strip())
+        options[key.strip()] = None if text.strip().lower() == "none" else parse_scalar(text.strip())
     return options
 
 

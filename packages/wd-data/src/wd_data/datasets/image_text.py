@@ -11,7 +11,6 @@ import torch
 
 from wd_data.datasets.base import SkippingDataset, check_counts, sample_generator
 from wd_data.datasets.video_text import read_caption_file
-from wd_data.errors import BadSampleError, MediaReadError
 from wd_data.image_io import read_image
 from wd_data.transforms import Crop
 
@@ -45,8 +44,11 @@ def image_sample(images: list[np.ndarray], captions: list[str], separator: str, 
 
 
 class ImageFolderDataset(SkippingDataset):
-    """Sample i is the i-th group of `num_frames` images in a seeded shuffle (reshuffled per epoch);
-    an undecodable image, or one whose caption file is not UTF-8, is replaced by the next image of the shuffle."""
+    """Sample i is the i-th group of `num_frames` images in a seeded shuffle (reshuffled per epoch).
+
+    An undecodable image, or one whose caption file is not UTF-8, spoils its group (BadSampleError: training
+    takes the next group, a token cache leaves it out), so no image serves two samples of an epoch. Tar shards
+    group images in stored order instead and lose only the bad image."""
 
     def __init__(self, config: ImageTextConfig) -> None:
         self.config = config
@@ -74,19 +76,8 @@ class ImageFolderDataset(SkippingDataset):
         config = self.config
         order = self._order(self.epoch)
         generator = sample_generator(config.seed, self.epoch, index)
-        images, captions, paths, position = [], [], [], index * config.num_frames
-        # Walk the shuffle from this group's start; bad images push the walk on, at most once round.
-        for offset in range(len(order)):
-            path = self.images[order[(position + offset) % len(order)]]
-            try:
-                caption = read_caption_file(path.with_suffix(".txt"))
-                images.append(read_image(path, config.size, config.crop, generator))
-            except BadSampleError as error:
-                self._skip(f"image {path}", error)
-                continue
-            captions.append(caption)
-            paths.append(path)
-            if len(images) == config.num_frames:
-                meta = {"paths": [str(p) for p in paths], "index": index, "seed": config.seed, "epoch": self.epoch}
-                return image_sample(images, captions, config.caption_separator, meta)
-        raise MediaReadError(f"{config.source}: fewer than {config.num_frames} readable images")
+        paths = [self.images[image] for image in order[index * config.num_frames : (index + 1) * config.num_frames]]
+        captions = [read_caption_file(path.with_suffix(".txt")) for path in paths]
+        images = [read_image(path, config.size, config.crop, generator) for path in paths]
+        meta = {"paths": [str(p) for p in paths], "index": index, "seed": config.seed, "epoch": self.epoch}
+        return image_sample(images, captions, config.caption_separator, meta)
