@@ -33,10 +33,12 @@ def write_table(root: Path, name: str, rows: list[dict]) -> None:
     (root / VERSION / f"{name}.json").write_text(json.dumps(rows))
 
 
-def write_nuscenes_dataroot(root: str | Path) -> Path:
-    """A nuScenes dataroot of SCENE_FRAMES CAM_FRONT sweeps (keyframes every 6th) and CAM_BACK keyframes, 48x32
-    JPEGs, ego poses of the motion above, and `captions.json` for scene-0001."""
+def write_nuscenes_dataroot(root: str | Path, scene_frames: dict[str, int] | None = None) -> Path:
+    """A nuScenes dataroot of `scene_frames` (default SCENE_FRAMES) CAM_FRONT sweeps (keyframes every 6th) and
+    CAM_BACK keyframes, 48x32 JPEGs, ego poses of the motion above, and `captions.json` for the first scene.
+    Name the scenes after those of a devkit split (e.g. mini_train's scene-0061) to read them by that split."""
     root = Path(root)
+    scene_frames = scene_frames or SCENE_FRAMES
     (root / VERSION).mkdir(parents=True)
     (root / "maps").mkdir()
     Image.fromarray(np.zeros((4, 4), np.uint8)).save(root / "maps" / "map0.png")
@@ -80,7 +82,7 @@ def write_nuscenes_dataroot(root: str | Path) -> Path:
         ],
     )
     scenes, samples, sample_data, poses = [], [], [], []
-    for scene_name, num_frames in SCENE_FRAMES.items():
+    for scene_name, num_frames in scene_frames.items():
         keyframes = list(range(0, num_frames, 6))  # samples are 2 Hz: every 6th camera frame
         sample_tokens = [f"{scene_name}_sample{k}" for k in keyframes]
         scenes.append(
@@ -143,7 +145,7 @@ def write_nuscenes_dataroot(root: str | Path) -> Path:
     write_table(root, "sample", samples)
     write_table(root, "sample_data", sample_data)
     write_table(root, "ego_pose", poses)
-    (root / "captions.json").write_text(json.dumps({"scene-0001": "a road by the sea"}))
+    (root / "captions.json").write_text(json.dumps({next(iter(scene_frames)): "a road by the sea"}))
     return root
 
 
