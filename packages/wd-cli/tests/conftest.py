@@ -7,6 +7,8 @@ Session-scoped objects are shared by every test: use them, never modify them (no
 from __future__ import annotations
 
 import json
+import os
+import signal
 from pathlib import Path
 
 import numpy as np
@@ -145,3 +147,22 @@ def media_sources(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     write_nuscenes_dataroot(root / "nuscenes")
     return {name: root / name for name in ("videos", "images", "shards", "video_shards", "nuscenes")} | {
         "csv": root / "webvid.csv", "jsonl": root / "webvid.jsonl"}
+
+
+@pytest.fixture
+def sigterm_after_step(monkeypatch: pytest.MonkeyPatch):
+    """`sigterm_after_step(n)`: the next training run gets SIGTERM while it logs step n (so it finishes step n + 1,
+    saves and exits, as a preempted job does); `monkeypatch.undo()` lets later runs go on."""
+    from wd_cli.train.metrics import MetricsLog
+
+    log = MetricsLog.log
+
+    def arm(step: int) -> None:
+        def terminate(self, logged: int, values: dict) -> None:
+            log(self, logged, values)
+            if logged == step:
+                os.kill(os.getpid(), signal.SIGTERM)
+
+        monkeypatch.setattr(MetricsLog, "log", terminate)
+
+    return arm

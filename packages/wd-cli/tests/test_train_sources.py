@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import subprocess
 import sys
 
@@ -33,7 +32,6 @@ from wd_cli.train import (
 from wd_cli.train.checkpoint import TRAINER_STATE, latest_checkpoint
 from wd_cli.train.configfile import dump_yaml
 from wd_cli.train.data import DataStream, open_source
-from wd_cli.train.metrics import MetricsLog
 
 TINY = {"width": 32, "depth": 2, "num_heads": 2, "position_frames": 2, "position_height": 4, "position_width": 4}
 SHARD_SIZES = (3, 7, 1, 5, 4)  # images per shard
@@ -107,17 +105,10 @@ def run_config(source: SourceConfig, tokenizer, steps: int = 4, **sections) -> S
     return STPTRunConfig(**{**defaults, **sections})
 
 
-def test_training_on_tar_shards_resumes_exactly(shards, tiny_vqgan_dir, tmp_path, monkeypatch):
+def test_training_on_tar_shards_resumes_exactly(shards, tiny_vqgan_dir, tmp_path, monkeypatch, sigterm_after_step):
     config = run_config(tar_source(shards), tiny_vqgan_dir)
     straight = train_stpt(config, tmp_path / "straight", progress=False)
-    log = MetricsLog.log
-
-    def terminate_after_step_1(self, step, values):
-        log(self, step, values)
-        if step == 1:
-            os.kill(os.getpid(), signal.SIGTERM)
-
-    monkeypatch.setattr(MetricsLog, "log", terminate_after_step_1)
+    sigterm_after_step(1)
     train_stpt(config, tmp_path / "split", progress=False)
     assert latest_checkpoint(tmp_path / "split").name == "step_0000002"
     monkeypatch.undo()
@@ -131,7 +122,8 @@ def test_training_on_tar_shards_resumes_exactly(shards, tiny_vqgan_dir, tmp_path
     replay = stream(shards)
     for step in range(4):
         replay.draw(step, 0)
-    assert lines[-1]["samples_read"] == 4 * 4 and lines[-1]["samples_skipped"] == replay.num_skipped
+    # 4 steps of 4 samples, and the first sample read twice more to check shapes before training.
+    assert lines[-1]["samples_read"] == 4 * 4 + 2 and lines[-1]["samples_skipped"] == replay.num_skipped
 
 
 @pytest.mark.distributed
@@ -151,7 +143,7 @@ def test_two_ranks_train_on_tar_shards_as_one_process(shards, tiny_vqgan_dir, tm
               for run in ("ddp", "single")]
     assert torch.equal(states[0]["lanes.0"], states[1]["lanes.0"])
     metrics = [json.loads(line) for line in (tmp_path / "ddp" / "metrics.jsonl").read_text().splitlines()]
-    assert metrics[-1]["samples_read"] == 3 * 4  # summed over the ranks
+    assert metrics[-1]["samples_read"] == 3 * 4 + 2 * 2  # summed over the ranks, each peeking twice
 
 
 def test_bad_rows_and_files_are_skipped_and_counted_in_metrics(media_sources, tiny_vqgan_dir, tmp_path):

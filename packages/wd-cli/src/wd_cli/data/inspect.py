@@ -168,12 +168,13 @@ def inspect_source(source: SourceConfig, num_samples: int, max_files: int, sheet
     skipped_at_open = getattr(dataset, "num_skipped", 0)
     stats = file_stats(dataset, max_files, rng)
     if stats.probed:
-        lines += [f"files probed: {stats.probed}; sizes {_top(stats.sizes)}",
-                  f"  fps {_top(stats.fps)}; frames {_spread(stats.frames)}",
-                  f"  caption words {_spread(stats.caption_words)}, "
-                  f"{sum(words == 0 for words in stats.caption_words)} empty"]
-    lines.append(f"corrupt files: {stats.corrupt.skipped} of {stats.probed} probed")
-    lines += [f"  {reason}" for reason in stats.corrupt.reasons]
+        lines.append(f"files probed: {stats.probed}; sizes {_top(stats.sizes)}")
+        if stats.frames:
+            lines.append(f"  fps {_top(stats.fps)}; frames {_spread(stats.frames)}")
+        lines.append(f"  caption words {_spread(stats.caption_words)}, "
+                     f"{sum(words == 0 for words in stats.caption_words)} empty")
+        lines.append(f"corrupt files: {stats.corrupt.skipped} of {stats.probed} probed")
+        lines += [f"  {reason}" for reason in stats.corrupt.reasons]
     if skipped_at_open:
         lines.append(f"rows skipped when opened: {skipped_at_open}")
         lines += [f"  {reason}" for reason in dataset.skips.reasons]

@@ -169,18 +169,14 @@ class ShardLanes:
         return self._permutation[1][sequence % count]
 
     def next(self, lane: int) -> dict[str, Any]:
-        """Lane `lane`'s next sample, passing over bad records (counted in the dataset's skips)."""
+        """Lane `lane`'s next sample; bad records are passed over (and counted in the dataset's skips)."""
         fruitless = 0  # shards passed without a sample
         while True:
             sequence, start = self.state[lane]
             if lane not in self._items:
-                self._items[lane] = self.dataset.read_shard(self._shard(sequence), start, draw=sequence)
+                self._items[lane] = self.dataset.read_samples(self._shard(sequence), start, draw=sequence)
             for item in self._items[lane]:
-                if item.error is not None:
-                    self.dataset.skips.skip(item.where, item.error)
-                    continue
                 self.state[lane] = [sequence, item.position]
-                self.dataset.skips.read += 1
                 return item.sample
             del self._items[lane]
             self.state[lane] = [sequence + self.batch_size, 0]

@@ -8,6 +8,7 @@ number of the shard's records consumed once it is done, so a reader can stop any
 
 from __future__ import annotations
 
+import itertools
 import json
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -183,16 +184,19 @@ class TarShardDataset(SkipCounter, IterableDataset):
                                                                           config.caption_separator, meta))
                 group = []
 
+    def read_samples(self, shard: int, start: int = 0, draw: int = 0) -> Iterator[ShardItem]:
+        """`read_shard`'s samples alone: the bad records are counted in `skips` (and logged) and passed over."""
+        for item in self.read_shard(shard, start, draw):
+            if item.error is not None:
+                self.skips.skip(item.where, item.error)
+                continue
+            self.skips.read += 1
+            yield item
+
     def head(self, count: int) -> list[dict[str, Any]]:
         """The first `count` samples in stored order (fewer when the shards hold fewer)."""
-        samples = []
-        for shard in range(len(self.shards)):
-            for item in self.read_shard(shard):
-                if item.sample is not None:
-                    samples.append(item.sample)
-                if len(samples) == count:
-                    return samples
-        return samples
+        items = (item for shard in range(len(self.shards)) for item in self.read_samples(shard))
+        return [item.sample for item in itertools.islice(items, count)]
 
     def __iter__(self) -> Iterator[dict[str, Any]]:
         worker = get_worker_info()
@@ -201,12 +205,7 @@ class TarShardDataset(SkipCounter, IterableDataset):
         order = torch.randperm(len(self.shards), generator=sample_generator(self.config.seed, self.epoch)).tolist()
         read_before = self.skips.read
         for shard in order[rank * workers + worker_id :: world * workers]:
-            for item in self.read_shard(shard, draw=self.epoch):
-                if item.error is not None:
-                    self.skips.skip(item.where, item.error)
-                    continue
-                self.skips.read += 1
-                yield item.sample
+            yield from (item.sample for item in self.read_samples(shard, draw=self.epoch))
         if self.skips.read == read_before and self.num_skipped:
             # An empty pass would let a training loop spin through empty epochs forever.
             raise DataSourceError(f"{self.config.source}: nothing decodable, {self.num_skipped} records skipped; "
