@@ -96,7 +96,7 @@ def write_nuscenes_dataroot(root: str | Path, scene_frames: dict[str, int] | Non
                 "description": "",
             }
         )
-        for position, (k, token) in enumerate(zip(keyframes, sample_tokens)):
+        for position, (k, token) in enumerate(zip(keyframes, sample_tokens, strict=True)):
             samples.append(
                 {
                     "token": token,
@@ -109,7 +109,7 @@ def write_nuscenes_dataroot(root: str | Path, scene_frames: dict[str, int] | Non
         for channel in ("CAM_FRONT", "CAM_BACK"):
             indices = range(num_frames) if channel == "CAM_FRONT" else keyframes  # the back camera: keyframes only
             tokens = [f"{scene_name}_{channel}_{i}" for i in indices]
-            for position, (i, token) in enumerate(zip(indices, tokens)):
+            for position, (i, token) in enumerate(zip(indices, tokens, strict=True)):
                 seconds = (camera_time(i) - TIME_ORIGIN) / 1e6
                 yaw = FIRST_YAW + YAW_RATE * seconds
                 poses.append(
