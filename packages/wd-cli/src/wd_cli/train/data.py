@@ -163,10 +163,11 @@ class ShardLanes:
         """The shard at `sequence` in the concatenation of per-epoch shard permutations."""
         count = len(self.dataset.shards)
         epoch = sequence // count
-        if self._permutation[0] != epoch:
+        cached = self._permutation  # one read: lanes on other threads may be replacing it for another epoch
+        if cached[0] != epoch:
             shuffle = generator(self.seed, self.source, epoch, PERMUTATION_STREAM)
-            self._permutation = (epoch, torch.randperm(count, generator=shuffle).tolist())
-        return self._permutation[1][sequence % count]
+            cached = self._permutation = (epoch, torch.randperm(count, generator=shuffle).tolist())
+        return cached[1][sequence % count]
 
     def next(self, lane: int) -> dict[str, Any]:
         """Lane `lane`'s next sample; bad records are passed over (and counted in the dataset's skips)."""
