@@ -58,8 +58,9 @@ def keys(samples: list[dict]) -> list[str]:
     return [sample["meta"]["keys"][0] for sample in samples]
 
 
-def stream(shards, rank: int = 0, world_size: int = 1, batch_size: int = 4) -> DataStream:
-    return DataStream([open_source(tar_source(shards), "s")], batch_size, seed=0, rank=rank, world_size=world_size)
+def stream(shards, rank: int = 0, world_size: int = 1, batch_size: int = 4, num_workers: int = 0) -> DataStream:
+    return DataStream([open_source(tar_source(shards), "s")], batch_size, seed=0, rank=rank, world_size=world_size,
+                      num_workers=num_workers)
 
 
 def test_the_lanes_of_two_ranks_make_the_global_batch_of_one_process(shards):
@@ -82,6 +83,12 @@ def test_a_resumed_stream_continues_the_uninterrupted_one_at_any_rank_count(shar
     for step in range(4, 10):
         assert [key for rank in resumed for key in keys(rank.draw(step, 0))] == expected[step]
     assert [row for rank in resumed for row in rank.lanes[0].state] != state["lanes.0"].tolist()  # they moved on
+
+
+def test_decoding_threads_read_the_same_samples(shards):
+    plain, threaded = stream(shards), stream(shards, num_workers=3)
+    for step in range(10):
+        assert keys(plain.draw(step, 0)) == keys(threaded.draw(step, 0))
 
 
 def test_every_image_comes_once_per_pass_over_the_shards(shards):
