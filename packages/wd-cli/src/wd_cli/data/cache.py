@@ -82,7 +82,7 @@ def cache_source(source: SourceConfig, tokenizer: str, out_dir: str | Path, text
         raise ConfigError(f"a {source.kind} world is endless: give --samples N (the seeds 0..N-1)")
     opened = open_source(source, "SOURCE")
     target = _device(device)
-    vqgan = open_tokenizer(tokenizer, target)
+    vqgan = open_tokenizer(tokenizer, target, "--tokenizer")
     encoder = None
     if text_encoder is not None:
         try:

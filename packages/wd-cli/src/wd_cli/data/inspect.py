@@ -210,7 +210,7 @@ def inspect_cache(path: str | Path, num_samples: int, sheet: str | Path | None, 
     lines.append(f"caption words (of {len(samples)} samples) {_spread(words)}, {words.count(0)} empty; "
                  f"images {sum(sample['is_image'] for sample in samples)}")
     if sheet is not None and samples:
-        vqgan = open_tokenizer(tokenizer, "cpu") if tokenizer is not None else None
+        vqgan = open_tokenizer(tokenizer, "cpu", "--tokenizer")
         clips = [vqgan.decode_video(s["tokens"]).numpy() if vqgan else token_colours(s["tokens"]) for s in samples]
         shown = "decoded" if vqgan else "token ids as colours (pass --tokenizer to decode)"
         lines.append(f"contact sheet: {write_contact_sheet(clips, sheet)} ({shown})")

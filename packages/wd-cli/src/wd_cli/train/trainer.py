@@ -265,13 +265,13 @@ class STPTTrainer:
         return model.eval()
 
 
-def open_tokenizer(path: str | None, device: torch.device | str) -> VQGAN | None:
+def open_tokenizer(path: str | None, device: torch.device | str, key: str = "model.tokenizer") -> VQGAN | None:
     if path is None:
         return None
     try:
         return VQGAN.from_pretrained(vqgan_dir(path)).to(device).eval()
     except (OSError, ValueError) as error:
-        raise ConfigError(f"model.tokenizer: {' '.join(str(error).split())}") from None
+        raise ConfigError(f"{key}: {' '.join(str(error).split())}") from None
 
 
 def open_text_encoder(path: str | None) -> TextEncoder | None:
