@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -34,7 +33,6 @@ from wd_cli.train import (
 )
 from wd_cli.train.checkpoint import TRAINER_STATE, latest_checkpoint
 from wd_cli.train.configfile import dump_yaml
-from wd_cli.train.metrics import MetricsLog
 
 CODEBOOK, TEXT_DIM = 16, 8
 TINY = {"width": 32, "depth": 2, "num_heads": 2, "position_frames": 2, "position_height": 4, "position_width": 4}
@@ -112,18 +110,11 @@ def test_training_reduces_the_loss_on_two_caches(caches, tmp_path):
 
 
 @pytest.mark.parametrize("worlds", [("shapes", "drive"), ("shapes",)])
-def test_resume_matches_an_uninterrupted_run(caches, tmp_path, monkeypatch, worlds):
+def test_resume_matches_an_uninterrupted_run(caches, tmp_path, monkeypatch, sigterm_after_step, worlds):
     """2N steps straight vs N steps, stopped by SIGTERM (which saves), then resumed: identical weights,
     optimizer, scheduler and data position (also when no batch has actions, so the action MLP has no state)."""
     straight = train_stpt(run_config(caches, steps=6, worlds=worlds), tmp_path / "straight", progress=False)
-    log = MetricsLog.log
-
-    def terminate_after_step_3(self, step, values):
-        log(self, step, values)
-        if step == 3:
-            os.kill(os.getpid(), signal.SIGTERM)
-
-    monkeypatch.setattr(MetricsLog, "log", terminate_after_step_3)
+    sigterm_after_step(3)
     train_stpt(run_config(caches, steps=6, worlds=worlds), tmp_path / "split", progress=False)
     # The signal comes while step 3 is logged: step 4 finishes, saves and the run exits.
     assert latest_checkpoint(tmp_path / "split").name == "step_0000004"

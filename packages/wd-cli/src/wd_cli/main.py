@@ -9,6 +9,7 @@ import click
 # name -> "module:attribute" of its click command.
 SUBCOMMANDS = {
     "convert": "wd_cli.convert:convert",
+    "data": "wd_cli.data.cli:data",
     "eval": "wd_cli.evaluation:eval_command",
     "generate": "wd_cli.generate:generate",
     "quickstart": "wd_cli.quickstart:quickstart",

@@ -30,7 +30,7 @@ def default_context_frames(num_frames: int) -> int:
 
 def clip_defaults(config: STPTRunConfig, downsample_factor: int) -> PipelineDefaults:
     """The pipeline's clip shape: that of the first source's first sample (the shape the model trained at)."""
-    sample = open_source(config.data.sources[0], "data.sources.0").dataset[0]
+    sample = open_source(config.data.sources[0], "data.sources.0").head(1)[0]
     if "tokens" in sample:
         frames, height, width = sample["tokens"].shape
         height, width = height * downsample_factor, width * downsample_factor
