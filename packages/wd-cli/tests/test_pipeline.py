@@ -96,15 +96,15 @@ def test_rollout_continues_from_context_frames_with_aligned_actions(
     actions = np.stack([np.arange(7), np.zeros(7)], axis=1).astype(np.float32)  # row i holds i
     steps: list[int] = []
     result = tiny_pipeline.action_to_video(IMAGE, actions, seed=0, callback=lambda step, tokens: steps.append(step))
-    # Window 4, context 2: frames [0, 4), then [2, 6), then [4, 7); each new window appends what it adds.
+    # Window 4, context 2: frames [0, 4), then [2, 6); the last reaches back to stay 4 frames long: [3, 7).
     assert result.tokens.shape == (7, 4, 4)
-    assert [tuple(w[0].shape[1:2]) for w in windows] == [(4,), (4,), (3,)]
-    assert [w[2][:, 0].tolist() for w in windows] == [[0, 1, 2, 3], [2, 3, 4, 5], [4, 5, 6]]
+    assert [w[2][:, 0].tolist() for w in windows] == [[0, 1, 2, 3], [2, 3, 4, 5], [3, 4, 5, 6]]
     assert steps == [0, 1, 2] * 3  # the callback sees every step of every window
-    for (_, _, _, previous), (tokens, known, _, _) in zip(windows, windows[1:], strict=False):
-        assert known[0, :2].all() and not known[0, 2:].any()
-        assert torch.equal(tokens[0, :2], previous[0, -2:])  # the last two generated frames lead the next window
-    stitched = torch.cat([windows[0][3][0], windows[1][3][0, 2:], windows[2][3][0, 2:]])
+    for (_, _, _, previous), (tokens, known, _, _), context in zip(windows, windows[1:], (2, 3), strict=False):
+        assert known[0, :context].all() and not known[0, context:].any()
+        # The frames generated last lead the next window, exactly as they were generated.
+        assert torch.equal(tokens[0, :context], previous[0, -context:])
+    stitched = torch.cat([windows[0][3][0], windows[1][3][0, 2:], windows[2][3][0, 3:]])
     assert np.array_equal(result.tokens, stitched.numpy())
     assert result.known[0].all() and not result.known[1:].any()
     assert tiny_pipeline.text_to_video("a red circle", num_frames=9).frames.shape == (9, 32, 32, 3)
@@ -132,7 +132,7 @@ def test_bad_task_inputs_raise_one_line_errors(tiny_pipeline: WorldDreamerPipeli
         tiny_pipeline.action_to_video(IMAGE, np.zeros((4, 3)))
     with pytest.raises(ValueError, match="one per frame"):
         tiny_pipeline.action_to_video(IMAGE, ACTIONS, num_frames=3)
-    with pytest.raises(ValueError, match="do not fit the first window"):
+    with pytest.raises(ValueError, match="5 given frames are more than the num_frames=4"):
         tiny_pipeline.image_to_video(VIDEO, num_frames=4)
     with pytest.raises(TypeError, match="unknown options"):
         tiny_pipeline.text_to_video("x", guidance=1.0)
