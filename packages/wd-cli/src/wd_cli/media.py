@@ -52,9 +52,12 @@ def fit_frames(frames: np.ndarray | torch.Tensor, size: tuple[int, int]) -> torc
     return planes.round().clamp(0, 255).to(torch.uint8).permute(0, 2, 3, 1).contiguous()
 
 
-def fit_inside(frames: np.ndarray | torch.Tensor, size: tuple[int, int]) -> tuple[torch.Tensor, tuple[int, int, int, int]]:
-    """uint8 (M, H, W, 3) or (H, W, 3) -> (uint8 (M, *size, 3), box): the frames scaled to fit inside `size` (aspect kept) and
-    centred, the rest filled by replicating their edge pixels; box = (top, left, bottom, right) where they lie."""
+def fit_inside(
+    frames: np.ndarray | torch.Tensor, size: tuple[int, int]
+) -> tuple[torch.Tensor, tuple[int, int, int, int]]:
+    """uint8 (M, H, W, 3) or (H, W, 3) -> (uint8 (M, *size, 3), box): the frames scaled to fit inside `size`
+    (aspect kept) and centred, the rest filled by replicating their edge pixels; box = (top, left, bottom, right)
+    where they lie."""
     frames = _frames(frames)
     height, width = frames.shape[1:3]
     scale = min(size[0] / height, size[1] / width)
