@@ -1,5 +1,6 @@
-"""Positions: a clip of k frames reads the first k time rows (cut, never stretched), frames past the table hold
-its last row, rows and columns interpolate, and one model runs at the pre-training and fine-tuning grids."""
+"""Positions: a clip of k frames reads the first k time rows (cut, never stretched) unless it is longer than the
+table, rows and columns interpolate, the time table grows for fine-tuning at longer clips, and one model runs at
+the pre-training and fine-tuning grids."""
 
 import torch
 from hypothesis import given, settings
@@ -31,11 +32,12 @@ def test_time_positions_are_the_cut_table(table: int, frames: int):
     positions = FactorizedPositions(8, frames=table, height=3, width=5)
     grid = positions(frames, 3, 5)
     assert grid.shape == (frames, 3, 5, 8)
-    for frame in range(frames):  # frame i reads row i; past the table, the last row
-        expected = _grid(positions, positions.time[min(frame, table - 1)][None])[0]
-        assert torch.equal(grid[frame], expected)
-    # A shorter clip is the longer clip's first frames: a window means the same thing whatever its length.
-    assert torch.equal(positions(frames + 3, 3, 5)[:frames], grid)
+    if frames <= table:  # frame i reads row i, whatever the clip's length: a window means the same everywhere
+        assert torch.equal(grid, _grid(positions, positions.time[:frames]))
+        assert torch.equal(positions(table, 3, 5)[:frames], grid)
+    else:  # only a clip longer than the table stretches it, first and last rows at its ends
+        assert torch.equal(grid[0], _grid(positions, positions.time[:1])[0])
+        torch.testing.assert_close(grid[-1], _grid(positions, positions.time[-1:])[0])
 
 
 def test_rows_and_columns_interpolate():
@@ -47,7 +49,7 @@ def test_rows_and_columns_interpolate():
     torch.testing.assert_close(wider[:, :, 1], (grid[:, :, 0] + grid[:, :, 1]) / 2)
 
 
-def test_fit_time_table_cuts_or_grows_by_holding_the_last_row(make_model):
+def test_fit_time_table_cuts_or_grows_by_repeating_the_last_row(make_model):
     state = make_model(position_frames=3).state_dict()
     grown = fit_time_table(state, 5)
     assert torch.equal(grown[TIME_TABLE][:3], state[TIME_TABLE])
@@ -59,11 +61,11 @@ def test_fit_time_table_cuts_or_grows_by_holding_the_last_row(make_model):
     assert all(torch.equal(longer.state_dict()[name], tensor) for name, tensor in grown.items())
 
 
-def test_a_model_grown_by_fit_time_table_predicts_as_before_on_clips_the_table_held(make_model, random_tokens):
+def test_a_grown_model_predicts_as_before_on_clips_the_old_table_held(make_model, random_tokens):
     short = make_model(position_frames=3)
     longer = make_model(position_frames=6)
     longer.load_state_dict(fit_time_table(short.state_dict(), 6))
     with torch.no_grad():
-        for frames in (2, 3, 5):  # within the old table and past it (held rows on both sides)
+        for frames in (1, 2, 3):
             tokens = random_tokens(1, frames, 4, 4)
             torch.testing.assert_close(longer(tokens), short(tokens))

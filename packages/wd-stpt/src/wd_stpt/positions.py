@@ -18,26 +18,28 @@ def _resize(table: torch.Tensor, size: int) -> torch.Tensor:
 
 
 def time_rows(table: torch.Tensor, frames: int) -> torch.Tensor:
-    """(L, C) -> (frames, C): rows 0..frames-1 of the table, frames past its end holding its last row."""
-    index = torch.arange(frames, device=table.device).clamp(max=table.shape[0] - 1)
-    return table[index]
+    """(L, C) -> (frames, C): the table's first `frames` rows, cut; a clip longer than the table stretches it."""
+    return table[:frames] if frames <= table.shape[0] else _resize(table, frames)
 
 
 def fit_time_table(state: dict[str, torch.Tensor], frames: int) -> dict[str, torch.Tensor]:
-    """An STPT state dict whose time table has `frames` rows: cut, or grown by holding its last row (the start
+    """An STPT state dict whose time table has `frames` rows: cut, or grown by repeating its last row (the start
     of fine-tuning at a longer clip, whose new rows then learn their own positions). Other tensors unchanged."""
     if TIME_TABLE not in state or state[TIME_TABLE].shape[0] == frames:
         return state
-    return {**state, TIME_TABLE: time_rows(state[TIME_TABLE], frames).clone()}
+    table = state[TIME_TABLE]
+    index = torch.arange(frames, device=table.device).clamp(max=table.shape[0] - 1)
+    return {**state, TIME_TABLE: table[index].clone()}
 
 
 class FactorizedPositions(nn.Module):
     """Sum of a time, a row and a column embedding.
 
     A clip of k frames reads time rows 0..k-1, the rows its frames had in every training clip (a clip is a
-    window cut anywhere from a video, so its first frame is time 0 wherever it sits in the video); frames past
-    the table hold the last row (docs/design.md says why, docs/benchmarks.md has the measurement). The row and
-    column tables are interpolated to other grids, so a model trained at 16x16 tokens runs at 12x20.
+    window cut anywhere from a video, so its first frame is time 0 wherever it sits in the video). Only a clip
+    longer than the table stretches it, which measured better than holding the last row or extrapolating; to
+    train at a longer clip, grow the table (`fit_time_table`) and let the new rows learn (docs/design.md). The
+    row and column tables are interpolated to other grids, so a model trained at 16x16 tokens runs at 12x20.
     """
 
     def __init__(self, channels: int, frames: int, height: int, width: int) -> None:
