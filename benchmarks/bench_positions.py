@@ -16,8 +16,9 @@ masked) and a random half of the tokens masked in every frame; at the trained 8 
 
 Then each is fine-tuned `--finetune-steps` at 16 frames, the paper's pre-train 16 / fine-tune 24 in small:
 stretched, held, learned extension (the table grown to 16 rows by `fit_time_table`, the new rows learning their
-own positions; what `init_from` does when `position_frames` is set to the new length) and rotary. Spatial: the 8-frame model at 12x12 tokens (48 px frames), rows and columns
-interpolated (what wd_stpt does) against held, zero-shot.
+own positions; what `init_from` does when `position_frames` is set to the new length) and rotary. Spatial: the
+8-frame model at 12x12 tokens (48 px frames), rows and columns interpolated (what wd_stpt does) against held,
+zero-shot.
 
 Run: uv run python benchmarks/bench_positions.py [--seed 1] (12 minutes on one loaded core); --quick checks it runs.
 """
@@ -223,7 +224,8 @@ def main() -> None:
     for name, trained, short, long in rows:
         print(f"| {name} | {trained} | {short[0]:.3f} | {long[0]:.3f} | {short[1]:.3f} | {long[1]:.3f} |")
     spatial = {"rows and columns interpolated (wd_stpt)": learned, "rows and columns held": _held_space(learned)}
-    print("\n| spatial positions | prediction, 8x8 tokens | prediction, 12x12 | random half, 8x8 | random half, 12x12 |")
+    print("\n| spatial positions | prediction, 8x8 tokens | prediction, 12x12 | random half, 8x8 "
+          "| random half, 12x12 |")
     print("|---|---|---|---|---|")
     for name, net in spatial.items():
         small, large = cross_entropy(net, held_out[:, :TRAIN_FRAMES]), cross_entropy(net, wide)

@@ -153,3 +153,7 @@ def test_long_video_errors() -> None:
         video.append(2, actions=torch.zeros(2, 2))
     with pytest.raises(ValueError, match="frames must be >= 1"):
         video.append(0)
+    driven = LongVideo(torch.zeros(1, 2, 2, dtype=torch.int64), torch.ones(1, 2, 2, dtype=torch.bool), torch.zeros(1, 2))
+    with pytest.raises(ValueError, match=r"actions must be \(2, 2\)"):
+        driven.append(2, actions=torch.zeros(3, 2))
+    assert driven.tokens.shape == (1, 2, 2) and len(driven.actions) == 1  # nothing half-appended

@@ -209,8 +209,9 @@ def blend_keyframes(keyframes: np.ndarray, every: int) -> np.ndarray:
     """uint8 (M, H, W, 3) keyframes -> ((M - 1) * every + 1, H, W, 3): each frame between two keyframes the linear
     blend of them (interpolation's baseline)."""
     weights = np.arange(every)[:, None, None, None] / every  # (every, 1, 1, 1)
-    pairs = [(1 - weights) * first + weights * second for first, second in zip(keyframes[:-1], keyframes[1:])]
-    return np.concatenate([*[pair.round().astype(np.uint8) for pair in pairs], keyframes[-1:]])
+    first, second = keyframes[:-1, None].astype(np.float64), keyframes[1:, None].astype(np.float64)
+    between = ((1 - weights) * first + weights * second).round().astype(np.uint8)  # (M - 1, every, H, W, 3)
+    return np.concatenate([between.reshape(-1, *keyframes.shape[1:]), keyframes[-1:]])
 
 
 def interpolation_metrics(pipe: WorldDreamerPipeline, config: EvalConfig, progress: bool = True) -> list[Metric]:

@@ -77,9 +77,9 @@ def plan_windows(complete: Sequence[bool], window: int, context: int) -> list[Wi
 
 @dataclass
 class LongVideo:
-    """A video generated window by window: tokens int64 (T, h, w) (anything where not yet generated), known
-    bool (T, h, w) (True where the task gave the token), actions float (T, A) or None (row i conditions frame
-    i); frames [0, done) are final."""
+    """A video generated window by window: tokens int64 (T, h, w) (anything where not yet generated; filled in
+    place), known bool (T, h, w) (True where the task gave the token), actions float (T, A) or None (row i
+    conditions frame i); frames [0, done) are final."""
 
     tokens: torch.Tensor
     known: torch.Tensor
@@ -100,15 +100,15 @@ class LongVideo:
             raise ValueError(f"frames must be >= 1, got {frames}")
         if (actions is None) != (self.actions is None):
             raise ValueError("give actions for the new frames exactly when the video has actions")
-        height, width = self.tokens.shape[1:]
-        # Any token id will do: the sampler never reads an unknown token's value.
-        self.tokens = torch.cat([self.tokens, self.tokens.new_zeros((frames, height, width))])
-        self.known = torch.cat([self.known, self.known.new_zeros((frames, height, width))])
         if actions is not None:
             actions = torch.as_tensor(actions, dtype=self.actions.dtype, device=self.actions.device)
             if actions.shape != (frames, self.actions.shape[1]):
                 raise ValueError(f"actions must be ({frames}, {self.actions.shape[1]}), got {tuple(actions.shape)}")
             self.actions = torch.cat([self.actions, actions])
+        height, width = self.tokens.shape[1:]
+        # Any token id will do: the sampler never reads an unknown token's value.
+        self.tokens = torch.cat([self.tokens, self.tokens.new_zeros((frames, height, width))])
+        self.known = torch.cat([self.known, self.known.new_zeros((frames, height, width))])
 
     def next_window(self, window: int, context: int) -> Window | None:
         """The window `step` would generate next (None when every frame is final)."""
