@@ -37,7 +37,7 @@ def cli() -> None:
 
     \b
     Example:
-      wd quickstart                      # train on synthetic worlds, run the five tasks (CPU, no download)
+      wd quickstart                      # train on synthetic worlds, run every task (CPU, no download)
       wd generate --task text2video --prompt "a red circle moves up" --checkpoint wd-quickstart/pipeline --out a.gif
       wd info
     """
