@@ -20,22 +20,25 @@ from wd_tokenizer import VQGAN, LossConfig, TrainConfig, evaluate, frame_batches
 from wd_tokenizer.metrics import psnr, ssim
 
 
-def speed(device: torch.device, frames: int, size: int) -> tuple[float, float]:
-    """Frames/s of encode and decode for the open-muse preset (random weights: speed does not depend on them)."""
+def speed(device: torch.device, frames: int, height: int, width: int, dtype: torch.dtype = torch.float32,
+          preset: str = "open-muse-f16-8192") -> tuple[float, float]:
+    """Frames/s of encode and decode of `frames` frames per call, under `dtype` autocast unless float32 (random
+    weights: speed does not depend on them)."""
     torch.manual_seed(0)
-    model = VQGAN(get_config("open-muse-f16-8192")).to(device).eval()
-    pixels = torch.rand(frames, 3, size, size, device=device)
-    ids = model.encode(pixels[:1])
-    model.decode(ids)  # warm-up: allocator, kernels selection
-    rates = []
-    for fn, arg in ((model.encode, pixels), (model.decode, model.encode(pixels))):
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        start = time.perf_counter()
-        fn(arg)
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        rates.append(frames / (time.perf_counter() - start))
+    model = VQGAN(get_config(preset)).to(device).eval()
+    pixels = torch.rand(frames, 3, height, width, device=device)
+    with torch.autocast(device.type, dtype=dtype, enabled=dtype != torch.float32):
+        ids = model.encode(pixels)
+        model.decode(ids)  # warm-up at the timed shape: allocator, kernel selection
+        rates = []
+        for fn, arg in ((model.encode, pixels), (model.decode, ids)):
+            if device.type == "cuda":
+                torch.cuda.synchronize()
+            start = time.perf_counter()
+            fn(arg)
+            if device.type == "cuda":
+                torch.cuda.synchronize()
+            rates.append(frames / (time.perf_counter() - start))
     return rates[0], rates[1]
 
 
@@ -63,7 +66,7 @@ def main() -> None:
     if torch.cuda.is_available():
         devices.append((torch.device("cuda"), 16))
     for device, frames in devices:
-        encode_fps, decode_fps = speed(device, frames, 256)
+        encode_fps, decode_fps = speed(device, frames, 256, 256)
         print(f"| {device.type} | {frames} | {encode_fps:.3f} | {decode_fps:.3f} | {encode_fps / decode_fps:.2f} |")
     if not torch.cuda.is_available():
         print("(no CUDA device in this run)")

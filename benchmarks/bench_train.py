@@ -12,6 +12,7 @@ import argparse
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from functools import partial
 from pathlib import Path
 
@@ -87,6 +88,29 @@ def cpu_rows(repeats: int, reference: MatmulReference) -> list[tuple]:
     return rows
 
 
+def synchronize(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def measure_step(step: Callable[[], object], device: torch.device, repeats: int) -> tuple[float, int, int | None]:
+    """(fastest seconds, FLOPs, peak allocated bytes or None off CUDA) of a training step: one warm-up (and
+    compilation), one step under the FLOP counter, then `repeats` timed steps."""
+    step()
+    synchronize(device)
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    flops = count_flops(step)
+    best = float("inf")
+    for _ in range(repeats):
+        synchronize(device)
+        start = time.perf_counter()
+        step()
+        synchronize(device)
+        best = min(best, time.perf_counter() - start)
+    return best, flops, torch.cuda.max_memory_allocated(device) if device.type == "cuda" else None
+
+
 def bf16_matmul_flops() -> float:
     a = torch.randn(8192, 8192, device="cuda", dtype=torch.bfloat16)
     b = torch.randn(8192, 8192, device="cuda", dtype=torch.bfloat16)
@@ -112,18 +136,7 @@ def gpu_rows(batch: int, repeats: int, compile_blocks: bool) -> list[tuple]:
             peaks = {}
             for size in (1, batch):
                 run = trainer(cache, Path(root) / "run", "paper-1b", size, checkpointing, compile_blocks)
-                run.train_step()  # warm-up (and compilation)
-                torch.cuda.synchronize()
-                torch.cuda.reset_peak_memory_stats()
-                flops = count_flops(run.train_step)
-                best = float("inf")
-                for _ in range(repeats):
-                    torch.cuda.synchronize()
-                    start = time.perf_counter()
-                    run.train_step()
-                    torch.cuda.synchronize()
-                    best = min(best, time.perf_counter() - start)
-                peaks[size] = torch.cuda.max_memory_allocated()
+                best, flops, peaks[size] = measure_step(run.train_step, run.env.device, repeats)
                 matmul = bf16_matmul_flops()
                 tokens = size * shape[0] * shape[1] * shape[2]
                 rows.append(("on" if checkpointing else "off", size, tokens / best, flops / best / matmul,

@@ -1,14 +1,20 @@
-"""Shared tiny parts, built once per session: a saved tiny T5 and a tiny pipeline (plus its saved directory).
+"""Shared tiny parts, built once per session: a saved tiny T5, a tiny pipeline (plus its saved directory), a
+tiny VQGAN and text encoder directory, and tiny data in every on-disk format the data commands read.
 
 Session-scoped objects are shared by every test: use them, never modify them (no `.to`, no new weights).
 """
 
 from __future__ import annotations
 
+import json
+import os
+import signal
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
+from PIL import Image
 from tokenizers import Tokenizer, models, pre_tokenizers, processors, trainers
 from wd_stpt import STPT
 from wd_stpt import get_config as stpt_config
@@ -71,3 +77,92 @@ def tiny_pipeline_dir(tiny_pipeline: WorldDreamerPipeline, tmp_path_factory: pyt
     directory = tmp_path_factory.mktemp("tiny-pipeline") / "pipeline"
     tiny_pipeline.save_pretrained(directory)
     return directory
+
+
+@pytest.fixture(scope="session")
+def tiny_vqgan_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """An untrained f8 VQGAN with 16 codes (FSQ 4x4), saved: 32x32 frames -> 4x4 tokens."""
+    torch.manual_seed(0)
+    directory = tmp_path_factory.mktemp("vqgan") / "tokenizer"
+    VQGAN(tokenizer_config("f8-small", fsq_levels=[4, 4])).save_pretrained(directory)
+    return directory
+
+
+@pytest.fixture(scope="session")
+def hash_text_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A saved 8-dim HashTextEncoder."""
+    directory = tmp_path_factory.mktemp("text") / "text_encoder"
+    HashTextEncoder(dim=8).save_pretrained(directory)
+    return directory
+
+
+def moving_frames(seed: int, count: int = 12, height: int = 48, width: int = 64) -> np.ndarray:
+    """uint8 (count, H, W, 3): a smooth random texture panning 2 px a frame (H.264 keeps it, scene detection
+    sees one shot, optical flow sees motion)."""
+    rng = np.random.default_rng(seed)
+    columns = (width + 2 * count) // 8 + 1
+    texture = Image.fromarray(rng.integers(0, 256, (height // 8, columns, 3), dtype=np.uint8))
+    wide = np.asarray(texture.resize((8 * columns, height), Image.Resampling.BICUBIC))
+    return np.stack([wide[:, 2 * i : 2 * i + width] for i in range(count)])
+
+
+@pytest.fixture(scope="session")
+def texture_clip():
+    """`moving_frames(seed, count)` itself, for tests that write their own videos."""
+    return moving_frames
+
+
+@pytest.fixture(scope="session")
+def media_sources(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """Tiny data in every on-disk format `wd data cache` and `wd train` read, written with PyAV and Pillow:
+    "videos" (3 mp4 of 12 frames at 8 fps, 2 with sidecar captions), "csv" / "jsonl" manifests of them (WebVid
+    columns / path + caption), "images" (8 PNGs + captions), "shards" (2 img2dataset tars of 4 images),
+    "video_shards" (1 tar of 2 mp4 + txt) and "nuscenes" (a mini dataroot)."""
+    from wd_data import write_video
+    from wd_data.testing import image_record, write_nuscenes_dataroot, write_tar
+
+    root = tmp_path_factory.mktemp("media")
+    (root / "videos").mkdir()
+    for index in range(3):
+        write_video(root / "videos" / f"clip{index}.mp4", moving_frames(index), fps=8)
+        if index < 2:
+            (root / "videos" / f"clip{index}.txt").write_text(f"a panning texture number {index}\n")
+    (root / "webvid.csv").write_text("videoid,page_dir,name\n" + "".join(
+        f"clip{index},videos,a panning texture number {index}\n" for index in range(3)))
+    (root / "webvid.jsonl").write_text("".join(
+        json.dumps({"path": f"videos/clip{index}.mp4", "caption": f"texture {index}"}) + "\n" for index in range(3)))
+    (root / "images").mkdir()
+    for index in range(8):
+        Image.fromarray(moving_frames(10 + index, count=1)[0]).save(root / "images" / f"{index}.png")
+        (root / "images" / f"{index}.txt").write_text(f"image {index}")
+    (root / "shards").mkdir()
+    for shard in range(2):
+        write_tar(root / "shards" / f"{shard:05d}.tar",
+                  [member for item in range(4) for member in image_record(f"{shard}{item:03d}", 30 * item + shard)])
+    (root / "video_shards").mkdir()
+    write_tar(root / "video_shards" / "00000.tar",
+              [member for index in range(2) for member in [
+                  (f"v{index}.mp4", (root / "videos" / f"clip{index}.mp4").read_bytes()),
+                  (f"v{index}.txt", f"video {index}".encode())]])
+    write_nuscenes_dataroot(root / "nuscenes")
+    return {name: root / name for name in ("videos", "images", "shards", "video_shards", "nuscenes")} | {
+        "csv": root / "webvid.csv", "jsonl": root / "webvid.jsonl"}
+
+
+@pytest.fixture
+def sigterm_after_step(monkeypatch: pytest.MonkeyPatch):
+    """`sigterm_after_step(n)`: the next training run gets SIGTERM while it logs step n (so it finishes step n + 1,
+    saves and exits, as a preempted job does); `monkeypatch.undo()` lets later runs go on."""
+    from wd_cli.train.metrics import MetricsLog
+
+    log = MetricsLog.log
+
+    def arm(step: int) -> None:
+        def terminate(self, logged: int, values: dict) -> None:
+            log(self, logged, values)
+            if logged == step:
+                os.kill(os.getpid(), signal.SIGTERM)
+
+        monkeypatch.setattr(MetricsLog, "log", terminate)
+
+    return arm

@@ -3,6 +3,7 @@ model that must tie the copy baseline, the tiny pipeline end to end, and `wd eva
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
@@ -18,18 +19,26 @@ from wd_cli.evaluation import (
     Metric,
     action_to_video_metrics,
     aligned_iou,
+    blend_keyframes,
     bootstrap_interval,
     inpaint_metrics,
     stylize_metrics,
     evaluate_pipeline,
     format_metrics,
     image_to_video_metrics,
+    interpolation_metrics,
+    long_rollout_metrics,
     measured_yaw,
+    outpainting_metrics,
+    prediction_metrics,
+    rollout_actions,
     synthetic_worlds,
+    text_and_actions_metrics,
     text_to_video_metrics,
 )
 from wd_cli.main import cli
-from wd_cli.pipeline import Generation
+from wd_cli.pipeline import Generation, PipelineDefaults
+from wd_cli.windowing import plan_windows
 
 SHAPES, DRIVE = synthetic_worlds(32, 32, 6)
 CONFIG = EvalConfig(SHAPES, DRIVE, clips=3)
@@ -48,8 +57,9 @@ class OracleOrCopy:
         self.copy = copy
         shapes, drive = ShapesWorld(SHAPES), DriveWorld(DRIVE)
         self.by_caption = {shapes.render(seed).caption: shapes.render(seed) for seed in eval_seeds(CONFIG.clips)}
-        self.drive, self.drive_seeds = drive, {drive.render(seed).frames[0].tobytes(): seed
-                                                for seed in eval_seeds(CONFIG.clips)}
+        self.drive_seeds = {drive.render(seed).frames[0].tobytes(): seed for seed in eval_seeds(CONFIG.clips)}
+        long = ShapesWorld(dataclasses.replace(SHAPES, num_frames=2 * CONFIG.keyframe_every + 1))
+        self.interpolation_seeds = {long.render(seed).frames[0].tobytes(): seed for seed in eval_seeds(CONFIG.clips)}
 
     def _answer(self, frames: np.ndarray) -> Generation:
         return _generation(np.repeat(frames[:1], len(frames), axis=0) if self.copy else frames)
@@ -57,11 +67,24 @@ class OracleOrCopy:
     def image_to_video(self, image, prompt=None, **options) -> Generation:
         return self._answer(self.by_caption[prompt].frames)
 
-    def text_to_video(self, prompt, **options) -> Generation:
+    def action_to_video(self, image, actions, prompt=None, **options) -> Generation:
+        return self._answer(self._drive(self.drive_seeds[image.tobytes()], actions))
+
+    def _drive(self, seed: int, actions: np.ndarray) -> np.ndarray:
+        world = DriveWorld(dataclasses.replace(DRIVE, num_frames=len(actions)))
+        return world.render(seed, actions=actions).frames
+
+    def text_to_video(self, prompt, actions=None, **options) -> Generation:
+        if actions is not None:  # the evaluation's generation seed is the clip's index
+            return self._answer(self._drive(eval_seeds(CONFIG.clips)[options["seed"]], actions))
         return self._answer(self.by_caption[prompt].frames)
 
-    def action_to_video(self, image, actions, prompt=None, **options) -> Generation:
-        return self._answer(self.drive.render(self.drive_seeds[image.tobytes()], actions=actions).frames)
+    def interpolate(self, keyframes, every, prompt="", **options) -> Generation:
+        clip = ShapesWorld(dataclasses.replace(SHAPES, num_frames=len(keyframes) * every - every + 1))
+        return self._answer(clip.render(self.interpolation_seeds[keyframes[0].tobytes()]).frames)
+
+    def outpaint(self, video, border=None, prompt="", **options) -> Generation:
+        return self._answer(self.by_caption[prompt].frames)
 
     def inpaint(self, video, box=None, prompt="", **options) -> Generation:
         return _generation(video)  # the oracle and the copy both give back the true clip
@@ -142,7 +165,8 @@ def test_the_oracle_beats_every_baseline_and_copying_ties_it() -> None:
     assert copied_error.value == pytest.approx(copied_error.baseline) and not copied_error.beats_baseline
     assert copied_iou.value == 1.0  # a frozen shape keeps its form exactly
 
-    inpaint_error, inpaint_iou = inpaint_metrics(oracle, CONFIG, progress=False)
+    inpaint_psnr, inpaint_error, inpaint_iou = inpaint_metrics(oracle, CONFIG, progress=False)
+    assert inpaint_psnr.value == float("inf") and inpaint_psnr.beats_baseline
     assert inpaint_error.value == pytest.approx(inpaint_error.on_truth)
     assert inpaint_error.value < inpaint_error.baseline  # painting the box over loses the shape inside it
     assert inpaint_iou.value == pytest.approx(inpaint_iou.on_truth)
@@ -160,11 +184,58 @@ def test_the_oracle_beats_every_baseline_and_copying_ties_it() -> None:
     assert colour.value == colour.on_truth == 1.0 and both.value == both.on_truth > both.baseline
 
 
+@pytest.mark.parametrize("measure", [prediction_metrics, interpolation_metrics, outpainting_metrics])
+def test_the_oracle_beats_the_baselines_of_the_shapes_tasks(measure) -> None:
+    psnr, error = measure(OracleOrCopy(copy=False), CONFIG, progress=False)
+    assert psnr.value == float("inf") and psnr.beats_baseline
+    assert error.value == pytest.approx(error.on_truth) and error.beats_baseline
+
+
+def test_the_oracle_turns_with_text_and_actions_and_a_frozen_view_does_not() -> None:
+    turns, left, right = text_and_actions_metrics(OracleOrCopy(copy=False), CONFIG, progress=False)
+    assert turns.value == turns.on_truth > turns.baseline and left.value > 0 > right.value
+    still, _, _ = text_and_actions_metrics(OracleOrCopy(copy=True), CONFIG, progress=False)
+    assert still.value == 0.0
+
+
+class LongRolloutPipeline(OracleOrCopy):
+    """The oracle with the window the long rollouts are planned for."""
+
+    defaults = PipelineDefaults(num_frames=6, context_frames=2, height=32, width=32)
+
+
+def test_long_rollouts_are_scored_per_window_and_the_oracle_follows_every_turn() -> None:
+    rows = long_rollout_metrics(LongRolloutPipeline(copy=False), CONFIG, progress=False)
+    # 18 frames in windows of 6 from 2: new frames 1-5, 6-9, 10-13, 14-17.
+    assert [row.name.split("window ")[-1] for row in rows] == [f"{k} of 4 (rate)" for k in (1, 2, 3, 4)]
+    assert all(row.value == row.on_truth > row.baseline for row in rows)
+    assert all(row.value == 0.0 for row in long_rollout_metrics(LongRolloutPipeline(copy=True), CONFIG, False))
+
+
+def test_rollout_actions_turn_the_other_way_in_every_window() -> None:
+    windows = plan_windows([True] + [False] * 17, 6, 2)
+    actions = rollout_actions(CONFIG, windows, 1.0, 18)
+    yaw = CONFIG.rollout_yaw
+    assert actions[:5, 0].tolist() == pytest.approx([yaw] * 5)  # moves into frames 1..5
+    assert actions[5:9, 0].tolist() == pytest.approx([-yaw] * 4)
+    assert actions[13:, 0].tolist() == pytest.approx([-yaw] * 5)  # the last window's, and the row after it
+    assert (actions[:, 1] == CONFIG.turn_speed).all()
+
+
+def test_blend_keyframes_is_linear_between_keyframes() -> None:
+    keyframes = np.array([0, 200, 100], dtype=np.uint8)[:, None, None, None].repeat(3, axis=3)
+    blended = blend_keyframes(keyframes, every=4)
+    assert blended[:, 0, 0, 0].tolist() == [0, 50, 100, 150, 200, 175, 150, 125, 100]
+
+
 def test_tiny_pipeline_end_to_end(tiny_pipeline) -> None:
     shapes, drive = synthetic_worlds(32, 32, tiny_pipeline.defaults.num_frames)
-    metrics = evaluate_pipeline(tiny_pipeline, EvalConfig(shapes, drive, clips=1, steps=2), progress=False)
+    config = EvalConfig(shapes, drive, clips=1, steps=2, given_frames=2, keyframe_every=2, rollout_windows=2)
+    metrics = evaluate_pipeline(tiny_pipeline, config, progress=False)
     names = [metric.name for metric in metrics]
-    assert len(names) == 13 and names[0].startswith("tokenizer PSNR")
+    # Tokenizer 2, image2video 3, inpaint 3, stylize 1, action2video 3, text2video 2, predict 2, interpolate 2,
+    # outpaint 2, text+actions 3, long rollout: 8 frames in windows of 4 from 2 are 3 windows.
+    assert len(names) == 2 + 3 + 3 + 1 + 3 + 2 + 2 + 2 + 2 + 3 + 3 and names[0].startswith("tokenizer PSNR")
     assert all(np.isfinite(metric.baseline) for metric in metrics)
     table = format_metrics(metrics)
     assert all(name in table for name in names) and "beats it" in table.splitlines()[0]
@@ -186,6 +257,8 @@ def test_eval_command_writes_json(tiny_pipeline_dir: Path, tmp_path: Path) -> No
 
 @pytest.mark.parametrize("args, message", [
     (["--set", "shapes.colour=red"], "shapes.colour"),
+    (["--set", "task_clips.painting=2"], "task_clips must map tasks of"),
+    (["--set", "given_frames=6"], "given_frames 6 leaves no frame of 4 to predict"),
     (["--set", "clips"], "expected key.sub=value"),
     (["--checkpoint-typo"], "No such option"),
 ])

@@ -18,6 +18,7 @@ from wd_stpt import STPT
 from wd_stpt import get_config as stpt_config
 
 from wd_cli.main import cli
+from wd_cli.media import read_frames
 from wd_cli.pipeline import WorldDreamerPipeline
 
 RNG = np.random.default_rng(1)
@@ -25,10 +26,11 @@ RNG = np.random.default_rng(1)
 
 @pytest.fixture(scope="module")
 def inputs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
-    """An image (not the model's size), a 5-frame video, a mask image and actions as CSV and JSON."""
+    """An image (not the model's size), a 5-frame video, a narrower one, a mask image and actions as CSV and JSON."""
     folder = tmp_path_factory.mktemp("inputs")
     Image.fromarray(RNG.integers(0, 256, (40, 48, 3), dtype=np.uint8)).save(folder / "image.png")
     write_video(folder / "video.mp4", RNG.integers(0, 256, (5, 32, 32, 3), dtype=np.uint8), fps=4)
+    write_video(folder / "narrow.mp4", RNG.integers(0, 256, (3, 32, 16, 3), dtype=np.uint8), fps=4)
     mask = np.zeros((32, 32), dtype=np.uint8)
     mask[20:, 20:] = 255
     Image.fromarray(mask).save(folder / "mask.png")
@@ -50,20 +52,30 @@ def _frame_count_and_size(path: Path) -> tuple[int, int, int]:
     return sum(1 for _ in iter_frames(path)), info.height, info.width
 
 
+# case -> (task, its arguments, frames written). The video has 5 frames and the model's window 4, so every task
+# given more than 4 frames runs in overlapping windows.
 TASK_ARGS = {
-    "text2video": (["--prompt", "a red circle moves up", "--frames", "6"], 6),
-    "image2video": (["--image", "image.png", "--prompt", "a red circle"], 4),
-    "action2video": (["--image", "image.png", "--actions", "actions.csv"], 6),
-    "inpaint": (["--video", "video.mp4", "--mask", "mask.png", "--prompt", "a blue square"], 5),
-    "stylize": (["--video", "video.mp4", "--prompt", "green", "--mask-ratio", "0.3", "--frames", "3"], 3),
+    "text2video": ("text2video", ["--prompt", "a red circle moves up", "--frames", "6"], 6),
+    "text2video+actions": ("text2video", ["--prompt", "the car turns left", "--actions", "actions.csv"], 6),
+    "image2video": ("image2video", ["--image", "image.png", "--prompt", "a red circle"], 4),
+    "predict": ("predict", ["--video", "video.mp4", "--frames", "9", "--prompt", "a red circle"], 9),
+    "action2video": ("action2video", ["--image", "image.png", "--actions", "actions.csv"], 6),
+    "interpolate every": ("interpolate", ["--video", "video.mp4", "--every", "2"], 9),
+    "interpolate first and last": ("interpolate", ["--video", "keys.mp4", "--frames", "7"], 7),
+    "inpaint": ("inpaint", ["--video", "video.mp4", "--mask", "mask.png", "--prompt", "a blue square"], 5),
+    "outpaint widen": ("outpaint", ["--video", "narrow.mp4"], 3),
+    "outpaint border": ("outpaint", ["--video", "video.mp4", "--border", "8,0,8,0", "--frames", "4"], 4),
+    "stylize": ("stylize", ["--video", "video.mp4", "--prompt", "green", "--mask-ratio", "0.3", "--frames", "3"], 3),
 }
 
 
-@pytest.mark.parametrize("task", TASK_ARGS)
+@pytest.mark.parametrize("case", TASK_ARGS)
 def test_every_task_writes_a_readable_video(
-    task: str, inputs: dict[str, Path], tiny_pipeline_dir: Path, tmp_path: Path
+    case: str, inputs: dict[str, Path], tiny_pipeline_dir: Path, tmp_path: Path
 ) -> None:
-    extra, frames = TASK_ARGS[task]
+    task, extra, frames = TASK_ARGS[case]
+    if not (inputs / "keys.mp4").is_file():  # the first and the last frame
+        write_video(inputs / "keys.mp4", read_frames(inputs / "video.mp4")[[0, -1]], fps=4)
     extra = [str(inputs / value) if (inputs / value).is_file() else value for value in extra]
     suffix = ".gif" if task == "stylize" else ".mp4"
     out, tokens = tmp_path / f"out{suffix}", tmp_path / "tokens.npy"
@@ -112,6 +124,15 @@ def test_mistakes_end_in_one_line(inputs: dict[str, Path], tiny_pipeline_dir: Pa
           *common], "bad_actions.csv: actions must be rows of numbers"),
         (["--task", "action2video", "--image", inputs / "image.png", "--actions", inputs / "actions.csv",
           "--frames", "3", *common], "6 action rows"),
+        (["--task", "interpolate", "--video", inputs / "video.mp4", *common],
+         "--task interpolate needs exactly one of --every and --frames"),
+        (["--task", "interpolate", "--video", inputs / "video.mp4", "--frames", "8", *common],
+         "--frames 8 cannot hold the video's 5 frames as evenly spaced keyframes"),
+        (["--task", "outpaint", "--video", inputs / "video.mp4", "--border", "16,0,16,0", *common],
+         "border (16, 0, 16, 0) (top, left, bottom, right) must be >= 0 and leave some of the 32x32 frame"),
+        (["--task", "outpaint", "--video", inputs / "video.mp4", *common], "nothing to outpaint"),
+        (["--task", "predict", "--video", inputs / "video.mp4", "--frames", "3", *common],
+         "5 given frames are more than the num_frames=3"),
         (["--task", "text2video", "--prompt", "x", "--checkpoint", tmp_path / "nowhere", "--out", out],
          "does not exist"),
         (["--task", "text2video", "--prompt", "x", "--checkpoint", _mismatched_checkpoint(tiny_pipeline_dir, tmp_path),

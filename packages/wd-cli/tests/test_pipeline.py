@@ -29,8 +29,12 @@ TASKS = {
     "action_to_video": lambda pipe, **o: pipe.action_to_video(IMAGE, ACTIONS, **o),
     "inpaint": lambda pipe, **o: pipe.inpaint(VIDEO, box=(0, 0, 16, 16), prompt="a blue square", **o),
     "stylize": lambda pipe, **o: pipe.stylize(VIDEO, "green", mask_ratio=0.25, **o),
+    "interpolate": lambda pipe, **o: pipe.interpolate(VIDEO[:3], every=3, **o),
+    "outpaint": lambda pipe, **o: pipe.outpaint(VIDEO[:, :, 8:24], **o),
+    "text_and_actions": lambda pipe, **o: pipe.text_to_video("the car turns left", ACTIONS, **o),
 }
-FRAMES = {"text_to_video": 4, "image_to_video": 4, "action_to_video": 6, "inpaint": 5, "stylize": 5}
+FRAMES = {"text_to_video": 4, "image_to_video": 4, "action_to_video": 6, "inpaint": 5, "stylize": 5,
+          "interpolate": 7, "outpaint": 5, "text_and_actions": 6}
 
 
 @pytest.mark.parametrize("task", TASKS)
@@ -76,6 +80,44 @@ def test_stylize_redraws_the_ratio_and_keeps_the_rest(tiny_pipeline: WorldDreame
     assert np.array_equal(result.tokens[result.known], source[result.known])
 
 
+def test_interpolation_keeps_the_keyframes_exactly(tiny_pipeline: WorldDreamerPipeline) -> None:
+    keyframes = VIDEO[:3]
+    result = tiny_pipeline.interpolate(keyframes, every=3, seed=0)  # 7 frames: windows of 4 end on keyframes
+    assert np.array_equal(result.tokens[::3], tiny_pipeline.encode(keyframes).numpy())
+    assert result.known[::3].all() and not result.known[1::3].any() and not result.known[2::3].any()
+
+
+def test_outpainting_keeps_the_inside_and_widens_a_narrow_video(tiny_pipeline: WorldDreamerPipeline) -> None:
+    bordered = tiny_pipeline.outpaint(VIDEO, border=(8, 0, 8, 16), seed=0)  # rows 1..2, columns 0..1 kept
+    expected = np.zeros((5, 4, 4), dtype=bool)
+    expected[:, 1:3, :2] = True
+    assert np.array_equal(bordered.known, expected)
+    assert np.array_equal(bordered.tokens[expected], tiny_pipeline.encode(VIDEO).numpy()[expected])
+    # A 32 x 16 video fits inside the 32 x 32 frame at columns 8..23: token columns 1..2 are given.
+    narrow = VIDEO[:, :, 8:24]
+    widened = tiny_pipeline.outpaint(narrow, seed=0)
+    assert widened.known[:, :, 1:3].all() and not widened.known[:, :, [0, 3]].any()
+    canvas = np.concatenate([np.repeat(narrow[:, :, :1], 8, axis=2), narrow, np.repeat(narrow[:, :, -1:], 8, axis=2)],
+                            axis=2)  # edge replication, the outpainting baseline
+    assert np.array_equal(widened.tokens[widened.known], tiny_pipeline.encode(canvas).numpy()[widened.known])
+
+
+def test_text_and_actions_reach_the_network_together(
+    tiny_pipeline: WorldDreamerPipeline, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    conditions = []
+    original = tiny_pipeline._model_fn
+    monkeypatch.setattr(tiny_pipeline, "_model_fn", lambda tokens, cond: conditions.append(cond) or
+                        original(tokens, cond))
+    result = tiny_pipeline.text_to_video("the car turns left", ACTIONS, guidance_scale=2.0, seed=0)
+    assert result.tokens.shape == (6, 4, 4) and not result.known.any()
+    for cond in conditions:  # every step: the prompt's tokens and this window's actions, guided in one batch
+        assert cond.text_mask[0].any() and cond.actions.shape == (2, 4, 2)
+        assert cond.drop_prompt.tolist() == [False, True]
+    first_window_actions = conditions[0].actions[0, :, 0].cpu().numpy()
+    assert np.allclose(first_window_actions, ACTIONS[:4, 0])
+
+
 def test_same_seed_same_video_other_seed_other_video(tiny_pipeline: WorldDreamerPipeline) -> None:
     first = tiny_pipeline.text_to_video("a red circle", seed=5).tokens
     assert np.array_equal(first, tiny_pipeline.text_to_video("a red circle", seed=5).tokens)
@@ -97,15 +139,15 @@ def test_rollout_continues_from_context_frames_with_aligned_actions(
     actions = np.stack([np.arange(7), np.zeros(7)], axis=1).astype(np.float32)  # row i holds i
     steps: list[int] = []
     result = tiny_pipeline.action_to_video(IMAGE, actions, seed=0, callback=lambda step, tokens: steps.append(step))
-    # Window 4, context 2: frames [0, 4), then [2, 6), then [4, 7); each new window appends what it adds.
+    # Window 4, context 2: frames [0, 4), then [2, 6); the last reaches back to stay 4 frames long: [3, 7).
     assert result.tokens.shape == (7, 4, 4)
-    assert [tuple(w[0].shape[1:2]) for w in windows] == [(4,), (4,), (3,)]
-    assert [w[2][:, 0].tolist() for w in windows] == [[0, 1, 2, 3], [2, 3, 4, 5], [4, 5, 6]]
+    assert [w[2][:, 0].tolist() for w in windows] == [[0, 1, 2, 3], [2, 3, 4, 5], [3, 4, 5, 6]]
     assert steps == [0, 1, 2] * 3  # the callback sees every step of every window
-    for (_, _, _, previous), (tokens, known, _, _) in zip(windows, windows[1:], strict=False):
-        assert known[0, :2].all() and not known[0, 2:].any()
-        assert torch.equal(tokens[0, :2], previous[0, -2:])  # the last two generated frames lead the next window
-    stitched = torch.cat([windows[0][3][0], windows[1][3][0, 2:], windows[2][3][0, 2:]])
+    for (_, _, _, previous), (tokens, known, _, _), context in zip(windows, windows[1:], (2, 3), strict=False):
+        assert known[0, :context].all() and not known[0, context:].any()
+        # The frames generated last lead the next window, exactly as they were generated.
+        assert torch.equal(tokens[0, :context], previous[0, -context:])
+    stitched = torch.cat([windows[0][3][0], windows[1][3][0, 2:], windows[2][3][0, 3:]])
     assert np.array_equal(result.tokens, stitched.numpy())
     assert result.known[0].all() and not result.known[1:].any()
     assert tiny_pipeline.text_to_video("a red circle", num_frames=9).frames.shape == (9, 32, 32, 3)
@@ -133,7 +175,7 @@ def test_bad_task_inputs_raise_one_line_errors(tiny_pipeline: WorldDreamerPipeli
         tiny_pipeline.action_to_video(IMAGE, np.zeros((4, 3)))
     with pytest.raises(ValueError, match="one per frame"):
         tiny_pipeline.action_to_video(IMAGE, ACTIONS, num_frames=3)
-    with pytest.raises(ValueError, match="do not fit the first window"):
+    with pytest.raises(ValueError, match="5 given frames are more than the num_frames=4"):
         tiny_pipeline.image_to_video(VIDEO, num_frames=4)
     with pytest.raises(TypeError, match="unknown options"):
         tiny_pipeline.text_to_video("x", guidance=1.0)

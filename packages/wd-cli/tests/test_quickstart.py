@@ -17,7 +17,8 @@ from wd_cli.media import read_frames
 from wd_cli.pipeline import WorldDreamerPipeline
 from wd_cli.quickstart import Deadline, QuickstartConfig
 
-TASKS = ("text2video", "image2video", "inpaint", "stylize", "action2video")
+TASKS = ("text2video", "image2video", "predict", "interpolate", "inpaint", "outpaint", "stylize", "action2video",
+         "text+actions")
 
 
 def test_quickstart_writes_every_output_and_reuses_its_models(tmp_path: Path) -> None:
@@ -42,13 +43,18 @@ def test_quickstart_writes_every_output_and_reuses_its_models(tmp_path: Path) ->
         for column in ("input", "mask", "output"):
             assert (out / "tasks" / task / f"{column}.gif").is_file()
         assert read_frames(out / "tasks" / task / "output.mp4").shape[1:] == (32, 32, 3)
-    # The action-to-video demo is a rollout: two windows of 8 frames continued from 2.
+    # The action-to-video demo is a rollout: two windows of 8 frames continued from 2; interpolation fills
+    # 9 frames between keyframes every 4th.
     assert len(read_frames(out / "tasks" / "action2video" / "output.mp4")) == 14
+    assert len(read_frames(out / "tasks" / "interpolate" / "output.mp4")) == 9
     assert (out / "contact_sheet.png").stat().st_size > 0
     page = (out / "index.html").read_text()
     assert all(f"tasks/{task}/output.gif" in page for task in TASKS)
     metrics = json.loads((out / "metrics.json").read_text())
-    assert len(metrics) == 13 and all("beats_baseline" in row for row in metrics)
+    # The paper's five tasks (with image2video's shape IoU, inpainting's three rows and stylization's), prediction, interpolation, outpainting, text and actions, and four windows of a
+    # 24-frame rollout.
+    assert len(metrics) == 9 + 5 + 2 + 2 + 2 + 3 + 4 and all("beats_baseline" in row for row in metrics)
+    assert metrics[-1]["name"].startswith("long rollout (24 frames, windows of 8)")
 
     stpt_weights = out / "pipeline" / "stpt" / "model.safetensors"
     before = stpt_weights.stat().st_mtime_ns

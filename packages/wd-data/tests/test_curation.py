@@ -67,3 +67,14 @@ def test_short_scenes_are_dropped(tmp_path):
 def test_bad_config_raises_value_error(kwargs):
     with pytest.raises(ValueError, match="keyframe_percentiles|flow_pairs|fps"):
         CurationConfig(**kwargs)
+
+
+def test_an_unreadable_video_is_reported_and_the_others_curated(tmp_path):
+    good = write_video(tmp_path / "good.mp4", np.stack(panning(30, 2)), fps=FPS)
+    (tmp_path / "broken.mp4").write_bytes(b"not a video")
+    clips = curate_videos([tmp_path / "broken.mp4", good], tmp_path / "out", CurationConfig(min_scene_seconds=1.0))
+    broken, kept = clips
+    assert not broken.kept and broken.reason.startswith("unreadable: ") and "broken.mp4" in broken.reason
+    assert kept.kept and (tmp_path / "out" / kept.path).is_file()
+    rows = [json.loads(line) for line in (tmp_path / "out" / "manifest.jsonl").read_text().splitlines()]
+    assert [row["path"] for row in rows] == [kept.path]

@@ -3,147 +3,26 @@
 from __future__ import annotations
 
 import json
-import math
 
 import numpy as np
 import pytest
 import torch
-from PIL import Image
 
 pytest.importorskip("nuscenes")
-from pyquaternion import Quaternion  # noqa: E402  (installed with nuscenes-devkit)
-
 from wd_data.datasets.nuscenes import NuScenesConfig, NuScenesDataset  # noqa: E402
-
-VERSION = "v1.0-mini"
-SPEED, HEADING, YAW_RATE, FIRST_YAW = 5.0, 0.3, 0.6, 3.0  # m/s, rad, rad/s, rad (crosses +pi after 0.24 s)
-SCENE_FRAMES = {"scene-0001": 25, "scene-0002": 13}  # 12 Hz camera frames per scene
-TIME_ORIGIN = 1_532_402_927_000_000
-
-
-def grey(index: int) -> int:
-    return 10 + 8 * index
-
-
-def camera_time(index: int) -> int:
-    """Microseconds of camera frame `index`: 12 Hz with a deterministic jitter, as real cameras have."""
-    return TIME_ORIGIN + round(index * 1e6 / 12) + (index * 7919) % 3000
-
-
-def write_table(root, name, rows):
-    (root / VERSION / f"{name}.json").write_text(json.dumps(rows))
+from wd_data.testing import (  # noqa: E402
+    SPEED,
+    TIME_ORIGIN,
+    VERSION,
+    YAW_RATE,
+    camera_time,
+    write_nuscenes_dataroot,
+)
 
 
 @pytest.fixture
 def dataroot(tmp_path):
-    (tmp_path / VERSION).mkdir()
-    (tmp_path / "maps").mkdir()
-    Image.fromarray(np.zeros((4, 4), np.uint8)).save(tmp_path / "maps" / "map0.png")
-    for table in ("category", "attribute", "visibility", "instance", "sample_annotation"):
-        write_table(tmp_path, table, [])
-    write_table(
-        tmp_path,
-        "log",
-        [
-            {
-                "token": "log0",
-                "logfile": "log0",
-                "vehicle": "n015",
-                "date_captured": "2018-07-24",
-                "location": "singapore-onenorth",
-            }
-        ],
-    )
-    write_table(
-        tmp_path,
-        "map",
-        [{"token": "map0", "category": "semantic_prior", "filename": "maps/map0.png", "log_tokens": ["log0"]}],
-    )
-    write_table(
-        tmp_path,
-        "sensor",
-        [{"token": f"sensor_{c}", "channel": c, "modality": "camera"} for c in ("CAM_FRONT", "CAM_BACK")],
-    )
-    write_table(
-        tmp_path,
-        "calibrated_sensor",
-        [
-            {
-                "token": f"calib_{c}",
-                "sensor_token": f"sensor_{c}",
-                "translation": [1.7, 0.0, 1.5],
-                "rotation": [0.5, -0.5, 0.5, -0.5],
-                "camera_intrinsic": [[1266.4, 0, 816.3], [0, 1266.4, 491.5], [0, 0, 1]],
-            }
-            for c in ("CAM_FRONT", "CAM_BACK")
-        ],
-    )
-    scenes, samples, sample_data, poses = [], [], [], []
-    for scene_name, num_frames in SCENE_FRAMES.items():
-        keyframes = list(range(0, num_frames, 6))  # samples are 2 Hz: every 6th camera frame
-        sample_tokens = [f"{scene_name}_sample{k}" for k in keyframes]
-        scenes.append(
-            {
-                "token": f"{scene_name}_token",
-                "log_token": "log0",
-                "nbr_samples": len(keyframes),
-                "first_sample_token": sample_tokens[0],
-                "last_sample_token": sample_tokens[-1],
-                "name": scene_name,
-                "description": "",
-            }
-        )
-        for position, (k, token) in enumerate(zip(keyframes, sample_tokens)):
-            samples.append(
-                {
-                    "token": token,
-                    "timestamp": camera_time(k),
-                    "scene_token": f"{scene_name}_token",
-                    "prev": sample_tokens[position - 1] if position else "",
-                    "next": sample_tokens[position + 1] if position + 1 < len(keyframes) else "",
-                }
-            )
-        for channel in ("CAM_FRONT", "CAM_BACK"):
-            indices = range(num_frames) if channel == "CAM_FRONT" else keyframes  # the back camera: keyframes only
-            tokens = [f"{scene_name}_{channel}_{i}" for i in indices]
-            for position, (i, token) in enumerate(zip(indices, tokens)):
-                seconds = (camera_time(i) - TIME_ORIGIN) / 1e6
-                yaw = FIRST_YAW + YAW_RATE * seconds
-                poses.append(
-                    {
-                        "token": f"pose_{token}",
-                        "timestamp": camera_time(i),
-                        "rotation": list(Quaternion(axis=[0, 0, 1], angle=yaw).elements),
-                        "translation": [SPEED * seconds * math.cos(HEADING), SPEED * seconds * math.sin(HEADING), 0.0],
-                    }
-                )
-                folder = "samples" if i % 6 == 0 else "sweeps"
-                filename = f"{folder}/{channel}/{token}.jpg"
-                (tmp_path / folder / channel).mkdir(parents=True, exist_ok=True)
-                level = grey(i) if channel == "CAM_FRONT" else 255
-                Image.fromarray(np.full((32, 48, 3), level, np.uint8)).save(tmp_path / filename, quality=95)
-                sample_data.append(
-                    {
-                        "token": token,
-                        "sample_token": f"{scene_name}_sample{i - i % 6}",
-                        "ego_pose_token": f"pose_{token}",
-                        "calibrated_sensor_token": f"calib_{channel}",
-                        "timestamp": camera_time(i),
-                        "fileformat": "jpg",
-                        "is_key_frame": i % 6 == 0,
-                        "height": 32,
-                        "width": 48,
-                        "filename": filename,
-                        "prev": tokens[position - 1] if position else "",
-                        "next": tokens[position + 1] if position + 1 < len(tokens) else "",
-                    }
-                )
-    write_table(tmp_path, "scene", scenes)
-    write_table(tmp_path, "sample", samples)
-    write_table(tmp_path, "sample_data", sample_data)
-    write_table(tmp_path, "ego_pose", poses)
-    (tmp_path / "captions.json").write_text(json.dumps({"scene-0001": "a road by the sea"}))
-    return tmp_path
+    return write_nuscenes_dataroot(tmp_path)
 
 
 def config(dataroot, **overrides):

@@ -73,10 +73,60 @@ def test_jsonl_manifest_with_paths_and_a_too_short_video(tmp_path, index_video_f
     assert dataset[0]["caption"] == "long" and dataset.num_skipped == 1
 
 
-def test_manifest_without_video_column_is_rejected(tmp_path):
-    (tmp_path / "m.csv").write_text("caption\nhello\n")
-    with pytest.raises(ValueError, match="row 1"):
+@pytest.mark.parametrize(("header", "message"), [("caption", "none of the columns path, video, videoid"),
+                                                 ("path,length", "no caption column")])
+def test_manifest_without_a_video_or_caption_column_is_rejected(tmp_path, header, message):
+    (tmp_path / "m.csv").write_text(f"{header}\nhello\n")
+    with pytest.raises(ValueError, match=message):
         VideoTextDataset(VideoTextConfig(tmp_path / "m.csv"))
+
+
+def test_bad_csv_rows_are_skipped_with_their_line(webvid_folder, caplog):
+    lines = [b"videoid,page_dir,name", b"10,001,a cat", b'11,001,"a stray quote', b"12,001,caf\xe9", b"11,001",
+             b"", b"12,001,a bird"]
+    (webvid_folder / "bad.csv").write_bytes(b"\n".join(lines) + b"\n")
+    dataset = VideoTextDataset(VideoTextConfig(webvid_folder / "bad.csv", video_root=webvid_folder / "videos",
+                                               num_frames=2, size=8))
+    assert [caption for _, caption in dataset.items] == ["a cat", "a bird"]
+    assert dataset.num_skipped == 3
+    reasons = dataset.skips.reasons
+    assert "bad.csv:3: malformed CSV row" in reasons[0] and "bad.csv:4: malformed CSV row" in reasons[1]
+    assert "bad.csv:5: 2 fields, the header has 3" in reasons[2] and "bad.csv:3" in caplog.text
+    assert dataset[1]["caption"] == "a bird"
+
+
+def test_bad_jsonl_rows_are_skipped_with_their_line(tmp_path, index_video):
+    video = str(index_video)
+    rows = [json.dumps({"path": video, "caption": "good"}).encode(), b"[1, 2]", b"{broken",
+            json.dumps({"path": video}).encode(), json.dumps({"path": video, "caption": None}).encode(),
+            json.dumps({"caption": "no video"}).encode(), b'{"path": "x.mp4", "caption": "caf\xe9"}',
+            json.dumps({"videoid": 7, "caption": ""}).encode()]
+    (tmp_path / "m.jsonl").write_bytes(b"\n".join(rows))
+    dataset = VideoTextDataset(VideoTextConfig(tmp_path / "m.jsonl", num_frames=2, size=8))
+    assert [(path.name, caption) for path, caption in dataset.items] == [("index.mp4", "good"), ("7.mp4", "")]
+    # Lines that do not parse are found first, rows without a video or a caption after them.
+    expected = ["m.jsonl:2: a list, not an object", "m.jsonl:3: not a JSON line", "m.jsonl:7: not a JSON line",
+                "m.jsonl:4: no caption", "m.jsonl:5: caption is None, not a string"]
+    assert [reason.split(str(tmp_path) + "/")[1][: len(line)] for reason, line in
+            zip(dataset.skips.reasons, expected, strict=True)] == expected
+    assert dataset.num_skipped == 6  # also line 6 (no video)
+
+
+def test_manifest_of_nothing_but_bad_rows_is_one_clear_error(tmp_path):
+    (tmp_path / "m.jsonl").write_text("[1]\n2\n")
+    with pytest.raises(ValueError, match="m.jsonl: no usable rows; first: .*m.jsonl:1: a list, not an object"):
+        VideoTextDataset(VideoTextConfig(tmp_path / "m.jsonl"))
+
+
+def test_video_folder_with_and_without_sidecar_captions(tmp_path, index_video):
+    for name in ("a", "b", "c"):
+        (tmp_path / f"{name}.mp4").write_bytes(index_video.read_bytes())
+    (tmp_path / "a.txt").write_text("a grey ramp\n")
+    (tmp_path / "c.txt").write_bytes(b"caf\xe9")
+    dataset = VideoTextDataset(VideoTextConfig(tmp_path, num_frames=2, size=8))
+    assert len(dataset) == 3 and dataset[0]["caption"] == "a grey ramp" and dataset[1]["caption"] == ""
+    assert dataset[2]["caption"] == "a grey ramp" and dataset.num_skipped == 1  # c's caption: replaced by a
+    assert "c.txt: caption is not UTF-8" in dataset.skips.reasons[0]
 
 
 def test_every_sample_corrupt_raises_instead_of_looping(tmp_path):

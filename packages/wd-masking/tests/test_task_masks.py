@@ -6,11 +6,12 @@ from hypothesis import strategies as st
 from wd_masking import (
     action_to_video,
     box_region,
+    frame_interpolation,
     image_to_video,
     inpainting,
+    outpainting,
     stylization,
     text_to_video,
-    video_continuation,
 )
 
 MASK = 50
@@ -42,12 +43,35 @@ def test_action_to_video_knows_the_first_frame_only():
     assert torch.equal(tokens[:, 0], first) and known[:, 0].all() and not known[:, 1:].any()
 
 
-def test_continuation_puts_the_last_frames_first():
-    clip = _video((1, 8, 3, 5))
-    tokens, known = video_continuation(clip, 3, 8, MASK)
-    assert torch.equal(tokens[:, :3], clip[:, 5:]) and known[:, :3].all() and not known[:, 3:].any()
-    with pytest.raises(ValueError, match="context_frames"):
-        video_continuation(clip, 9, 8, MASK)
+@settings(max_examples=20, deadline=None)
+@given(keys=st.integers(2, 5), every=st.integers(2, 4))
+def test_interpolation_places_the_keyframes_every_k_frames(keys, every):
+    keyframes = _video((2, keys, 3, 5))
+    tokens, known = frame_interpolation(keyframes, every, MASK)
+    assert tokens.shape == (2, (keys - 1) * every + 1, 3, 5)
+    is_key = torch.arange(tokens.shape[1]) % every == 0
+    assert torch.equal(tokens[:, is_key], keyframes) and known[:, is_key].all()
+    assert (tokens[:, ~is_key] == MASK).all() and not known[:, ~is_key].any()
+
+
+def test_interpolation_needs_two_keyframes_and_a_gap():
+    with pytest.raises(ValueError, match="at least 2 keyframes"):
+        frame_interpolation(_video((1, 1, 3, 5)), 3, MASK)
+    with pytest.raises(ValueError, match="every >= 2"):
+        frame_interpolation(_video((1, 3, 3, 5)), 1, MASK)
+
+
+def test_outpainting_keeps_only_tokens_whose_cell_lies_inside():
+    video = _video((1, 2, 4, 6))
+    tokens, known = outpainting(video, (2, 4, 8, 10), MASK, downsample_factor=2)  # pixels of an 8 x 12 frame
+    expected = torch.zeros(4, 6, dtype=torch.bool)
+    expected[1:4, 2:5] = True  # cells [2, 8) x [4, 10) in pixels
+    assert torch.equal(known, expected.expand_as(video))
+    assert torch.equal(tokens[known], video[known]) and (tokens[~known] == MASK).all()
+    _, cut = outpainting(video, (3, 3, 7, 9), MASK, downsample_factor=2)  # cells the box cuts are regenerated
+    assert cut[0, 0].sum() == 2 and cut[0, 0, 2, 2:4].all()
+    with pytest.raises(ValueError, match="nothing to outpaint"):
+        outpainting(video, (0, 0, 8, 12), MASK, downsample_factor=2)
 
 
 def test_inpainting_on_the_token_grid():

@@ -70,7 +70,9 @@ def test_concat_fills_missing_fields_and_pads_text(dims):
     assert both.text.shape == (3, 4, text_dim)
     assert both.text_mask.tolist() == [[True, True, False, False], [True] * 4, [True] * 4]
     assert both.drop_prompt.tolist() == [False, True, False]
-    assert both.is_image.tolist() == [False] * 3 and both.actions is None
+    assert both.is_image is None and both.actions is None
+    image = STPTCondition(text=torch.randn(1, 2, text_dim), is_image=torch.tensor([True]))
+    assert short.concat(image).is_image.tolist() == [False, True]
     assert STPTCondition().concat(STPTCondition()) == STPTCondition()
     with pytest.raises(ValueError, match="text/actions"):
         short.concat(STPTCondition(drop_prompt=torch.tensor([True])))

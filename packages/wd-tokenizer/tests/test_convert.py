@@ -3,7 +3,7 @@ import json
 import pytest
 import torch
 
-from wd_tokenizer import VQGAN, VQGANConfig, from_diffusers_vqmodel, from_open_muse
+from wd_tokenizer import VQGAN, VQGANConfig, detect_layout, from_checkpoint, from_diffusers_vqmodel, from_open_muse
 
 OPEN_MUSE_CONFIG = {
     "_class_name": "VQGANModel",
@@ -97,7 +97,8 @@ def test_open_muse_errors_name_the_problem(open_muse_dir):
     state = reference.state_dict()
     state["encoder.extra.weight"] = state.pop("encoder.conv_in.weight")
     torch.save(state, directory / "pytorch_model.bin")
-    with pytest.raises(KeyError, match=r"missing \['encoder.conv_in.weight'\], unexpected \['encoder.extra.weight'\]"):
+    mismatch = r"1 missing \['encoder.conv_in.weight'\]; 1 unexpected \['encoder.extra.weight'\]"
+    with pytest.raises(ValueError, match=mismatch):
         from_open_muse(directory)
     (directory / "config.json").write_text(json.dumps({**OPEN_MUSE_CONFIG, "decoder_res_blocks": 3}))
     with pytest.raises(ValueError, match="decoder_res_blocks"):
@@ -171,3 +172,37 @@ def test_converters_name_missing_and_malformed_files(open_muse_dir, tmp_path):
     }))
     with pytest.raises(ValueError, match=r"not a diffusers VQModel config: it lacks \['num_vq_embeddings'\]"):
         from_diffusers_vqmodel(vq_dir)
+
+
+def test_from_checkpoint_detects_the_layout_and_finds_a_pipelines_vqvae(open_muse_dir, tmp_path):
+    directory, reference = open_muse_dir
+    pixels = torch.rand(1, 3, 32, 32)
+    assert detect_layout(directory) == "open-muse"
+    assert torch.equal(from_checkpoint(directory).encode(pixels), reference.encode(pixels))
+    # Without `_class_name` the open-muse-only key `quantized_embed_dim` still tells the layout.
+    (directory / "config.json").write_text(json.dumps({k: v for k, v in OPEN_MUSE_CONFIG.items() if k[0] != "_"}))
+    assert detect_layout(directory) == "open-muse"
+    pipeline = tmp_path / "pipeline"
+    (pipeline / "vqvae").mkdir(parents=True)
+    (pipeline / "model_index.json").write_text("{}")
+    (pipeline / "vqvae" / "config.json").write_text(json.dumps({"_class_name": "VQModel", "num_vq_embeddings": 4}))
+    assert detect_layout(pipeline / "vqvae") == "diffusers"
+    with pytest.raises(ValueError, match=r"pipeline/vqvae is in the diffusers layout, not open-muse"):
+        from_checkpoint(pipeline, layout="open-muse")
+    with pytest.raises(ValueError, match="layout must be one of"):
+        from_checkpoint(directory, layout="taming")
+
+
+@pytest.mark.parametrize(("config", "message"), [
+    ({"_class_name": "AutoencoderKL"}, r"_class_name 'AutoencoderKL' is neither open-muse's VQGANModel nor"),
+    ({"model_type": "t5", "d_model": 16}, r"describes a transformers 't5' model, not a VQGAN"),
+    ({"hidden_channels": 32, "pixel_range": "unit"}, r"is already a wd-tokenizer VQGAN directory"),
+    ({"hidden_size": 32}, r"is neither an open-muse VQGANModel config nor a diffusers VQModel config"),
+])
+def test_detect_layout_refuses_other_directories(tmp_path, config, message):
+    (tmp_path / "config.json").write_text(json.dumps(config))
+    with pytest.raises(ValueError, match=message):
+        detect_layout(tmp_path)
+    (tmp_path / "config.json").unlink()
+    with pytest.raises(FileNotFoundError, match=r"config.json not found"):
+        detect_layout(tmp_path)

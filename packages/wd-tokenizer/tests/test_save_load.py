@@ -4,6 +4,7 @@ import pytest
 import torch
 
 from wd_tokenizer import VQGAN
+from wd_tokenizer.model import load_state_dict_strict
 
 
 def test_save_load_round_trip_is_bit_exact(tiny_model, tmp_path):
@@ -25,8 +26,18 @@ def test_from_pretrained_refuses_mismatches(tiny_model, tmp_path):
     tiny_model.save_pretrained(tmp_path)
     config = json.loads((tmp_path / "config.json").read_text())
     (tmp_path / "config.json").write_text(json.dumps({**config, "num_embeddings": 128}))
-    with pytest.raises(KeyError, match="wrong shape"):
+    wrong_shape = (r"^checkpoint does not match the model: 3 wrong shape "
+                   r"\['quantize.vq._codebook.cluster_size: \(1, 256\) != \(1, 128\)', '[^']*', '[^']*'\]$")
+    with pytest.raises(ValueError, match=wrong_shape):
         VQGAN.from_pretrained(tmp_path)
+    state = dict(tiny_model.state_dict())
+    removed = sorted(key for key in state if key.startswith("decoder."))
+    for key in removed:
+        del state[key]
+    # A wrong architecture misses hundreds of tensors: the message counts them and names the first three.
+    first_three = rf"\['{removed[0]}', '[^']*', '[^']*', \.\.\.\]$"
+    with pytest.raises(ValueError, match=rf"^checkpoint does not match the model: {len(removed)} missing {first_three}"):
+        load_state_dict_strict(VQGAN(tiny_model.config), state)
     (tmp_path / "config.json").write_text(json.dumps({**config, "codebook_colour": "red"}))
     with pytest.raises(ValueError, match="codebook_colour"):
         VQGAN.from_pretrained(tmp_path)

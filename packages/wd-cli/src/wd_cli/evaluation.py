@@ -1,9 +1,13 @@
 """Quality numbers on held-out synthetic clips (seeds never used in training), each beside a simple baseline.
 
-What `wd quickstart` and `wd eval` report: tokenizer PSNR/SSIM, image-to-video PSNR and object-position error
-against "copy the first frame", action-to-video turn directions (from the road's heading in view), and
-text-to-video colour/shape agreement, all measured with the synthetic worlds' own detectors
-(`wd_data.synthetic`).
+What `wd quickstart` and `wd eval` report, all measured with the synthetic worlds' own detectors
+(`wd_data.synthetic`): tokenizer PSNR/SSIM; PSNR and object-position error of image-to-video and prediction
+(against copying the first / the last given frame), inpainting (against painting the box over), interpolation
+(against blending the keyframes) and outpainting (against replicating the edge pixels), and for image-to-video
+and inpainting whether the shapes keep their form; stylization's recolouring; the turn directions of
+action-to-video, of text and actions together, and of rollouts three windows long, window by window (from the
+road's heading in view); and text-to-video colour/shape agreement. Each number comes with a bootstrap interval
+over its clips, and beats its baseline only when the whole interval does.
 """
 
 from __future__ import annotations
@@ -24,6 +28,7 @@ from wd_data.synthetic import (
     BACKGROUND,
     KINDS,
     PALETTE,
+    Clip,
     DriveConfig,
     DriveWorld,
     ShapesConfig,
@@ -39,8 +44,10 @@ from wd_tokenizer.io import atomic_write_text
 from wd_tokenizer.metrics import psnr, ssim
 
 from wd_cli.errors import one_line_errors
+from wd_cli.media import fit_inside
 from wd_cli.pipeline import WorldDreamerPipeline
 from wd_cli.train.configfile import apply_overrides, from_dict, to_plain
+from wd_cli.windowing import Window, plan_windows
 
 
 @dataclass
@@ -113,16 +120,36 @@ class EvalConfig:
     shapes: ShapesConfig = field(default_factory=ShapesConfig)
     drive: DriveConfig = field(default_factory=DriveConfig)
     clips: int = 8  # held-out clips per task (eval_seeds(clips))
+    task_clips: dict[str, int] = field(default_factory=dict)  # clips for some tasks by name, instead of `clips`
     seed: int = 0  # generation seed of the first clip (clip i uses seed + i)
     turn_yaw: float = 0.1  # rad per frame of the left/right turn action sequences
     turn_speed: float = 6.0  # m/s of those sequences
+    # Rollouts `rollout_windows` windows long turn the other way in each window (a steady turn would leave the
+    # road, and the view with it, after one window); 0.06 rad a frame keeps the road in view (the detector reads
+    # 97% of the world's own windows, 0.1 rad 48%).
+    rollout_windows: int = 3
+    rollout_yaw: float = 0.06
+    given_frames: int = 3  # frames prediction is given
+    keyframe_every: int = 4  # interpolation: every k-th frame given, 2 * k + 1 frames (3 keyframes)
     steps: int | None = None  # decoding steps (None: the pipeline's default)
 
     def __post_init__(self) -> None:
-        if self.clips < 1:
-            raise ValueError(f"clips must be >= 1, got {self.clips}")
-        if not self.turn_yaw > 0:
-            raise ValueError(f"turn_yaw must be > 0, got {self.turn_yaw}")
+        for name in ("clips", "rollout_windows", "given_frames"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if set(self.task_clips) - set(EVALUATIONS) or min(self.task_clips.values(), default=1) < 1:
+            raise ValueError(f"task_clips must map tasks of {sorted(EVALUATIONS)} to counts >= 1, got "
+                             f"{self.task_clips}")
+        if self.given_frames >= self.shapes.num_frames:
+            raise ValueError(f"given_frames {self.given_frames} leaves no frame of {self.shapes.num_frames} to predict")
+        if self.keyframe_every < 2:
+            raise ValueError(f"keyframe_every must be >= 2, got {self.keyframe_every}")
+        if not self.turn_yaw > 0 or not self.rollout_yaw > 0:
+            raise ValueError(f"turn_yaw and rollout_yaw must be > 0, got {self.turn_yaw}, {self.rollout_yaw}")
+
+    def seeds(self, task: str) -> range:
+        """The held-out seeds `task` is measured on."""
+        return eval_seeds(self.task_clips.get(task, self.clips))
 
 
 def _pixels(frames: np.ndarray) -> torch.Tensor:
@@ -208,41 +235,58 @@ def _melted_iou(reference: np.ndarray, colours: Sequence[str]) -> float:
     return float(np.mean([aligned_iou(_disc_like(mask), mask) if mask.any() else 0.0 for mask in masks]))
 
 
+class _ShapesScores:
+    """Per-clip PSNR and shape-position error of a task's frames beside its baseline's (and the detector's error
+    on the true frames), over chosen frames; for PSNR optionally only over chosen columns. With `shapes_kept`,
+    also whether the shapes keep their form: `shape_ious` of the scored frames after the first against the true
+    first frame, beside a shape melted into a disc."""
+
+    def __init__(self, config: EvalConfig, shapes_kept: bool = False) -> None:
+        # A shape that is not found at all is as wrong as a guess in the far corner: half the image diagonal.
+        self.miss = 0.5 * math.hypot(config.shapes.height, config.shapes.width)
+        self.shapes_kept = shapes_kept
+        self.rows: list[tuple[float, ...]] = []
+
+    def add(self, generated: np.ndarray, baseline: np.ndarray, clip: Clip, frames: np.ndarray,
+            columns: np.ndarray | slice = slice(None)) -> None:
+        """Score generated and baseline uint8 (N, H, W, 3) against clip at frame indices `frames`."""
+        truth = _pixels(clip.frames[frames][:, :, columns])
+        state = {**clip.state, "positions": clip.state["positions"][frames]}
+        error = [_position_errors(video[frames], state, self.miss).mean()
+                 for video in (generated, baseline, clip.frames)]
+        row = (psnr(_pixels(generated[frames][:, :, columns]), truth),
+               psnr(_pixels(baseline[frames][:, :, columns]), truth), *error)
+        if self.shapes_kept:
+            later, colours = frames[frames > 0], list(clip.state["colours"])
+            row += (shape_ious(generated[later], clip.frames[0], colours).mean(),
+                    shape_ious(clip.frames[later], clip.frames[0], colours).mean(), _melted_iou(clip.frames[0], colours))
+        self.rows.append(row)
+
+    def metrics(self, task: str, scored: str, baseline: str) -> list[Metric]:
+        """The PSNR row and the position-error row, `scored` naming what was scored (and the shape-IoU row)."""
+        columns = np.array(self.rows).T
+        metrics = [clip_metric(f"{task} PSNR, {scored} (dB)", columns[0], np.mean(columns[1]), baseline, "higher"),
+                   clip_metric(f"{task} position error, {scored} (px)", columns[2], np.mean(columns[3]), baseline,
+                               "lower", np.mean(columns[4]))]
+        if self.shapes_kept:
+            metrics.append(clip_metric(f"{task} shape IoU with frame 1, {scored}", columns[5], np.mean(columns[7]),
+                                       "melted into a disc", "higher", np.mean(columns[6])))
+        return metrics
+
+
 def image_to_video_metrics(
     pipe: WorldDreamerPipeline, config: EvalConfig, progress: bool = True
 ) -> list[Metric]:
     """First frame + caption -> video, scored on frames 2..N against the ground truth and against copying
-    the first frame N times (PSNR, and the shapes' position error from the world state); and whether the
-    shapes keep their form (`shape_ious` against the first frame) beside a shape melted into a disc."""
-    world = ShapesWorld(config.shapes)
-    # A shape that is not found at all is as wrong as a guess in the far corner: half the image diagonal.
-    miss = 0.5 * math.hypot(config.shapes.height, config.shapes.width)
-    rows: dict[str, list[float]] = {key: [] for key in ("psnr", "copy_psnr", "error", "copy_error", "truth_error",
-                                                        "iou", "truth_iou", "melted_iou")}
-    for index, seed in enumerate(tqdm(eval_seeds(config.clips), desc="eval image2video", disable=not progress)):
+    the first frame N times (PSNR, and the shapes' position error from the world state), and the shapes' form."""
+    world, scores = ShapesWorld(config.shapes), _ShapesScores(config, shapes_kept=True)
+    for index, seed in enumerate(tqdm(config.seeds("image2video"), desc="eval image2video", disable=not progress)):
         clip = world.render(seed)
         generated = pipe.image_to_video(clip.frames[0], prompt=clip.caption, num_frames=len(clip.frames),
                                         steps=config.steps, seed=config.seed + index).frames
         copied = np.repeat(clip.frames[:1], len(clip.frames), axis=0)
-        truth = _pixels(clip.frames[1:])
-        later = _from_frame(clip.state, 1)
-        colours = list(clip.state["colours"])
-        rows["psnr"].append(psnr(_pixels(generated[1:]), truth))
-        rows["copy_psnr"].append(psnr(_pixels(copied[1:]), truth))
-        rows["error"].append(_position_errors(generated[1:], later, miss).mean())
-        rows["copy_error"].append(_position_errors(copied[1:], later, miss).mean())
-        rows["truth_error"].append(_position_errors(clip.frames[1:], later, miss).mean())
-        rows["iou"].append(shape_ious(generated[1:], clip.frames[0], colours).mean())
-        rows["truth_iou"].append(shape_ious(clip.frames[1:], clip.frames[0], colours).mean())
-        rows["melted_iou"].append(_melted_iou(clip.frames[0], colours))
-    return [
-        clip_metric("image2video PSNR, frames 2..N (dB)", rows["psnr"], np.mean(rows["copy_psnr"]),
-                    "copy first frame", "higher"),
-        clip_metric("image2video position error, frames 2..N (px)", rows["error"], np.mean(rows["copy_error"]),
-                    "copy first frame", "lower", np.mean(rows["truth_error"])),
-        clip_metric("image2video shape IoU with frame 1, frames 2..N", rows["iou"], np.mean(rows["melted_iou"]),
-                    "melted into a disc", "higher", np.mean(rows["truth_iou"])),
-    ]
+        scores.add(generated, copied, clip, np.arange(1, len(clip.frames)))
+    return scores.metrics("image2video", "frames 2..N", "copy first frame")
 
 
 def inpaint_box(height: int, width: int) -> tuple[int, int, int, int]:
@@ -252,33 +296,18 @@ def inpaint_box(height: int, width: int) -> tuple[int, int, int, int]:
 
 
 def inpaint_metrics(pipe: WorldDreamerPipeline, config: EvalConfig, progress: bool = True) -> list[Metric]:
-    """Held-out clips with the centre box regenerated under their captions: the shapes' position error over
-    all frames beside painting the box with the background (a shape inside it is lost), and the shapes' form
-    (`shape_ious` of frames 2..N against the true first frame)."""
-    world, c = ShapesWorld(config.shapes), config.shapes
-    miss = 0.5 * math.hypot(c.height, c.width)
-    top, left, bottom, right = inpaint_box(c.height, c.width)
-    rows: dict[str, list[float]] = {key: [] for key in ("error", "blank_error", "truth_error", "iou", "truth_iou",
-                                                        "melted_iou")}
-    for index, seed in enumerate(tqdm(eval_seeds(config.clips), desc="eval inpaint", disable=not progress)):
+    """Held-out clips with the centre box regenerated under their captions, scored on every frame against
+    painting the box with the background (a shape inside it is lost), and the shapes' form."""
+    world, scores = ShapesWorld(config.shapes), _ShapesScores(config, shapes_kept=True)
+    top, left, bottom, right = inpaint_box(config.shapes.height, config.shapes.width)
+    for index, seed in enumerate(tqdm(config.seeds("inpaint"), desc="eval inpaint", disable=not progress)):
         clip = world.render(seed)
         generated = pipe.inpaint(clip.frames, box=(top, left, bottom, right), prompt=clip.caption,
                                  steps=config.steps, seed=config.seed + index).frames
         blank = clip.frames.copy()
         blank[:, top:bottom, left:right] = BACKGROUND
-        colours = list(clip.state["colours"])
-        rows["error"].append(_position_errors(generated, clip.state, miss).mean())
-        rows["blank_error"].append(_position_errors(blank, clip.state, miss).mean())
-        rows["truth_error"].append(_position_errors(clip.frames, clip.state, miss).mean())
-        rows["iou"].append(shape_ious(generated[1:], clip.frames[0], colours).mean())
-        rows["truth_iou"].append(shape_ious(clip.frames[1:], clip.frames[0], colours).mean())
-        rows["melted_iou"].append(_melted_iou(clip.frames[0], colours))
-    return [
-        clip_metric("inpaint position error, centre box regenerated (px)", rows["error"],
-                    np.mean(rows["blank_error"]), "box painted background", "lower", np.mean(rows["truth_error"])),
-        clip_metric("inpaint shape IoU with frame 1, frames 2..N", rows["iou"], np.mean(rows["melted_iou"]),
-                    "melted into a disc", "higher", np.mean(rows["truth_iou"])),
-    ]
+        scores.add(generated, blank, clip, np.arange(len(clip.frames)))
+    return scores.metrics("inpaint", "centre box regenerated", "box painted background")
 
 
 def recoloured(caption: str, colour: str) -> str:
@@ -307,7 +336,7 @@ def stylize_metrics(pipe: WorldDreamerPipeline, config: EvalConfig, progress: bo
     recolouring with a random other palette colour (chance)."""
     world = ShapesWorld(config.shapes)
     rates = []
-    for index, seed in enumerate(tqdm(eval_seeds(config.clips), desc="eval stylize", disable=not progress)):
+    for index, seed in enumerate(tqdm(config.seeds("stylize"), desc="eval stylize", disable=not progress)):
         clip = world.render(seed)
         source = str(clip.state["colours"][0])
         others = [name for name in PALETTE if name != source]
@@ -319,9 +348,59 @@ def stylize_metrics(pipe: WorldDreamerPipeline, config: EvalConfig, progress: bo
                         1 / (len(PALETTE) - 1), "chance", "higher")]
 
 
-def _from_frame(state: dict, start: int) -> dict:
-    """The shapes state with per-frame arrays cut to frames start.. (per-shape arrays unchanged)."""
-    return {**state, "positions": state["positions"][start:]}
+def prediction_metrics(pipe: WorldDreamerPipeline, config: EvalConfig, progress: bool = True) -> list[Metric]:
+    """The first `given_frames` frames + caption -> the clip, scored on the frames after them against copying
+    the last given frame."""
+    world, scores, given = ShapesWorld(config.shapes), _ShapesScores(config), config.given_frames
+    for index, seed in enumerate(tqdm(config.seeds("predict"), desc="eval predict", disable=not progress)):
+        clip = world.render(seed)
+        generated = pipe.image_to_video(clip.frames[:given], prompt=clip.caption, num_frames=len(clip.frames),
+                                        steps=config.steps, seed=config.seed + index).frames
+        copied = np.concatenate([clip.frames[:given], np.repeat(clip.frames[given - 1 : given],
+                                                                len(clip.frames) - given, axis=0)])
+        scores.add(generated, copied, clip, np.arange(given, len(clip.frames)))
+    return scores.metrics("predict", f"frames {given + 1}..N from {given}", "copy last given frame")
+
+
+def blend_keyframes(keyframes: np.ndarray, every: int) -> np.ndarray:
+    """uint8 (M, H, W, 3) keyframes -> ((M - 1) * every + 1, H, W, 3): each frame between two keyframes the linear
+    blend of them (interpolation's baseline)."""
+    weights = np.arange(every)[:, None, None, None] / every  # (every, 1, 1, 1)
+    first, second = keyframes[:-1, None].astype(np.float64), keyframes[1:, None].astype(np.float64)
+    between = ((1 - weights) * first + weights * second).round().astype(np.uint8)  # (M - 1, every, H, W, 3)
+    return np.concatenate([between.reshape(-1, *keyframes.shape[1:]), keyframes[-1:]])
+
+
+def interpolation_metrics(pipe: WorldDreamerPipeline, config: EvalConfig, progress: bool = True) -> list[Metric]:
+    """Every `keyframe_every`-th frame of a clip of 3 keyframes given -> the frames between, scored against
+    blending the keyframes linearly."""
+    every = config.keyframe_every
+    world = ShapesWorld(dataclasses.replace(config.shapes, num_frames=2 * every + 1))
+    scores = _ShapesScores(config)
+    for index, seed in enumerate(tqdm(config.seeds("interpolate"), desc="eval interpolate", disable=not progress)):
+        clip = world.render(seed)
+        keyframes = clip.frames[::every]
+        generated = pipe.interpolate(keyframes, every, prompt=clip.caption, steps=config.steps,
+                                     seed=config.seed + index).frames
+        between = np.flatnonzero(np.arange(len(clip.frames)) % every)
+        scores.add(generated, blend_keyframes(keyframes, every), clip, between)
+    return scores.metrics("interpolate", f"frames between keyframes every {every}", "linear blend")
+
+
+def outpainting_metrics(pipe: WorldDreamerPipeline, config: EvalConfig, progress: bool = True) -> list[Metric]:
+    """The middle half of each frame's columns given -> the clip widened back to its width, scored on every frame
+    (PSNR on the generated sides) against replicating the strip's edge pixels."""
+    world, scores = ShapesWorld(config.shapes), _ShapesScores(config)
+    width = config.shapes.width
+    sides = np.ones(width, dtype=bool)
+    sides[width // 4 : 3 * width // 4] = False
+    for index, seed in enumerate(tqdm(config.seeds("outpaint"), desc="eval outpaint", disable=not progress)):
+        clip = world.render(seed)
+        strip = clip.frames[:, :, ~sides]
+        generated = pipe.outpaint(strip, prompt=clip.caption, steps=config.steps, seed=config.seed + index).frames
+        replicated = fit_inside(strip, clip.frames.shape[1:3])[0].numpy()
+        scores.add(generated, replicated, clip, np.arange(len(clip.frames)), sides)
+    return scores.metrics("outpaint", "middle half given, sides generated", "edge replication")
 
 
 def measured_yaw(frames: np.ndarray, config: DriveConfig) -> float:
@@ -336,44 +415,100 @@ def measured_yaw(frames: np.ndarray, config: DriveConfig) -> float:
     return float(headings[found[-1]] - headings[0])
 
 
+def _turned(sign: float, yaw: float, commanded: float) -> bool:
+    """Whether a measured heading change turned the `sign` way by at least a quarter of the commanded change (so
+    a frozen view scores no turn); nan (no road to measure from) is no turn."""
+    return bool(sign * np.nan_to_num(yaw) > 0.25 * commanded)
+
+
+def _turn_metrics(task: str, config: EvalConfig, generate: Callable[[Clip, np.ndarray, int], np.ndarray],
+                  progress: bool) -> list[Metric]:
+    """A left and a right turn from each held-out drive: `generate(first_frame, actions, index)` -> frames; the
+    fraction of generated views that turn the commanded way (`_turned`), beside chance and the same measurement
+    on the world's own renders of those actions; and the median measured heading change per direction (a view
+    that has lost the road can mislead the estimator, so a mean would follow its outliers)."""
+    world, drive = DriveWorld(config.drive), config.drive
+    commanded = config.turn_yaw * (drive.num_frames - 1)
+    hits, truth_hits = [], []
+    yaws: dict[float, list[float]] = {1.0: [], -1.0: []}
+    for index, seed in enumerate(tqdm(config.seeds(task), desc=f"eval {task}", disable=not progress)):
+        for sign in (1.0, -1.0):
+            actions = np.tile(np.float32([[sign * config.turn_yaw, config.turn_speed]]), (drive.num_frames, 1))
+            clip = world.render(seed, actions=actions)
+            yaw = measured_yaw(generate(clip, actions, index), drive)
+            yaws[sign].append(float(np.nan_to_num(yaw)))  # no road in the first frame: no turn
+            hits.append(_turned(sign, yaw, commanded))
+            truth_hits.append(_turned(sign, measured_yaw(clip.frames, drive), commanded))
+    return [
+        clip_metric(f"{task} turns in the commanded direction (rate)", hits, 0.5, "chance", "higher",
+                    np.mean(truth_hits)),
+        clip_metric(f"{task} median measured yaw, left turn (rad; commanded {commanded:+.2f})", yaws[1.0], 0.0,
+                    "no turn", "higher", statistic=np.median),
+        clip_metric(f"{task} median measured yaw, right turn (rad; commanded {-commanded:+.2f})", yaws[-1.0], 0.0,
+                    "no turn", "lower", statistic=np.median),
+    ]
+
+
 def action_to_video_metrics(
     pipe: WorldDreamerPipeline, config: EvalConfig, progress: bool = True
 ) -> list[Metric]:
-    """The same first frame driven with a left-turn and a right-turn action sequence: the fraction of
-    generated views that turn the commanded way by at least a quarter of the commanded heading change (so a
-    frozen view scores 0), beside chance (0.5) and the same measurement on the world's own renders of those
-    actions; and the median measured heading change (a view that has lost the road can mislead the
-    estimator, so a mean would follow its outliers). A clip with no road in its first frame counts as no turn."""
-    world, drive = DriveWorld(config.drive), config.drive
-    frames = drive.num_frames
-    commanded = config.turn_yaw * (frames - 1)
+    """The same first frame driven with a left-turn and a right-turn action sequence (`_turn_metrics`)."""
 
-    def turned(sign: float, yaw: float) -> int:
-        return int(sign * yaw > 0.25 * commanded)
+    def generate(clip: Clip, actions: np.ndarray, index: int) -> np.ndarray:
+        return pipe.action_to_video(clip.frames[0], actions, num_frames=len(actions), steps=config.steps,
+                                    seed=config.seed + index).frames
 
-    def measured(frames: np.ndarray) -> float:
-        return float(np.nan_to_num(measured_yaw(frames, drive)))  # no road in the first frame: no turn
+    return _turn_metrics("action2video", config, generate, progress)
 
-    hits, truth_hits = [], []
-    yaws: dict[float, list[float]] = {1.0: [], -1.0: []}
-    for index, seed in enumerate(tqdm(eval_seeds(config.clips), desc="eval action2video", disable=not progress)):
+
+def text_and_actions_metrics(pipe: WorldDreamerPipeline, config: EvalConfig, progress: bool = True) -> list[Metric]:
+    """No frame given: the drive's caption and its left- or right-turn actions together in one call
+    (`_turn_metrics`; the first generated frame is the reference the turn is measured from)."""
+
+    def generate(clip: Clip, actions: np.ndarray, index: int) -> np.ndarray:
+        return pipe.text_to_video(clip.caption, actions, steps=config.steps, seed=config.seed + index).frames
+
+    return _turn_metrics("text+actions", config, generate, progress)
+
+
+def rollout_actions(config: EvalConfig, windows: list[Window], first_sign: float, frames: int) -> np.ndarray:
+    """float32 (frames, 2): turns of rollout_yaw that change direction with every window, `first_sign` first (left
+    positive). Window k's sign drives actions [k.new - 1, k.end - 1), the moves into the frames it generates."""
+    actions = np.tile(np.float32([[first_sign * config.rollout_yaw, config.turn_speed]]), (frames, 1))
+    for number, window in enumerate(windows):
+        stop = frames if number == len(windows) - 1 else window.end - 1  # the last row continues the last turn
+        actions[window.new - 1 : stop, 0] *= (-1) ** number
+    return actions
+
+
+def long_rollout_metrics(pipe: WorldDreamerPipeline, config: EvalConfig, progress: bool = True) -> list[Metric]:
+    """Action-to-video rollouts `rollout_windows` times the window long, their turn changing direction with every
+    window: per window index, the fraction of windows whose frames turn the commanded way (`_turned`, from the
+    frame before the window's first new one to its last), beside chance and the world's own renders."""
+    window, context = pipe.defaults.num_frames, pipe.defaults.context_frames
+    frames = config.rollout_windows * window
+    drive = dataclasses.replace(config.drive, num_frames=frames)
+    world = DriveWorld(drive)
+    windows = plan_windows([True] + [False] * (frames - 1), window, context)
+    hits: list[list[bool]] = [[] for _ in windows]
+    truth_hits: list[list[bool]] = [[] for _ in windows]
+    seeds = config.seeds("long-rollout")
+    for index, seed in enumerate(tqdm(seeds, desc="eval long-rollout", disable=not progress)):
         for sign in (1.0, -1.0):
-            actions = np.tile(np.float32([[sign * config.turn_yaw, config.turn_speed]]), (frames, 1))
+            actions = rollout_actions(config, windows, sign, frames)
             clip = world.render(seed, actions=actions)
-            generated = pipe.action_to_video(clip.frames[0], actions, num_frames=frames, steps=config.steps,
+            generated = pipe.action_to_video(clip.frames[0], actions, steps=config.steps,
                                              seed=config.seed + index).frames
-            yaw = measured(generated)
-            yaws[sign].append(yaw)
-            hits.append(turned(sign, yaw))
-            truth_hits.append(turned(sign, measured(clip.frames)))
-    return [
-        clip_metric("action2video turns in the commanded direction (rate)", hits, 0.5, "chance", "higher",
-                    np.mean(truth_hits)),
-        clip_metric(f"action2video median measured yaw, left turn (rad; commanded {commanded:+.2f})", yaws[1.0],
-                    0.0, "no turn", "higher", statistic=np.median),
-        clip_metric(f"action2video median measured yaw, right turn (rad; commanded {-commanded:+.2f})",
-                    yaws[-1.0], 0.0, "no turn", "lower", statistic=np.median),
-    ]
+            for videos, per_window in ((generated, hits), (clip.frames, truth_hits)):
+                headings = [estimate_road_heading(frame, drive) for frame in videos]
+                for number, span in enumerate(windows):
+                    commanded = config.rollout_yaw * (span.end - span.new)
+                    turn = headings[span.end - 1] - headings[span.new - 1]
+                    per_window[number].append(_turned(sign * (-1) ** number, turn, commanded))
+    return [clip_metric(f"long rollout ({frames} frames, windows of {window}): turns the commanded way, window "
+                        f"{number + 1} of {len(windows)} (rate)", hits[number], 0.5, "chance", "higher",
+                        np.mean(truth_hits[number]))
+            for number in range(len(windows))]
 
 
 def _dominant_shape(frames: np.ndarray) -> tuple[str, str] | None:
@@ -408,7 +543,7 @@ def text_to_video_metrics(
     names, beside chance (a random palette colour / colour and kind) and the detector on the true clips."""
     world = ShapesWorld(config.shapes)
     generated_hits, truth_hits, named = [], [], []
-    for index, seed in enumerate(tqdm(eval_seeds(config.clips), desc="eval text2video", disable=not progress)):
+    for index, seed in enumerate(tqdm(config.seeds("text2video"), desc="eval text2video", disable=not progress)):
         clip = world.render(seed)
         named.append(len(clip.state["colours"]))
         generated = pipe.text_to_video(clip.caption, num_frames=len(clip.frames), steps=config.steps,
@@ -431,6 +566,11 @@ EVALUATIONS: dict[str, Callable[[WorldDreamerPipeline, EvalConfig, bool], list[M
     "stylize": stylize_metrics,
     "action2video": action_to_video_metrics,
     "text2video": text_to_video_metrics,
+    "predict": prediction_metrics,
+    "interpolate": interpolation_metrics,
+    "outpaint": outpainting_metrics,
+    "text+actions": text_and_actions_metrics,
+    "long-rollout": long_rollout_metrics,
 }
 
 
@@ -470,7 +610,7 @@ def format_metrics(metrics: list[Metric]) -> str:
 @click.option("--checkpoint", required=True, type=click.Path(path_type=Path),
               help="A pipeline directory (the quickstart's OUT/pipeline, `wd train export`).")
 @click.option("--clips", type=click.IntRange(min=1), default=EvalConfig.clips, show_default=True,
-              help="Held-out clips per task.")
+              help="Held-out clips per task (task_clips.<task> overrides it for one).")
 @click.option("--task", "tasks", type=click.Choice(list(EVALUATIONS)), multiple=True,
               help="Measure only these tasks (repeat the option; default: all).")
 @click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE",
@@ -489,6 +629,7 @@ def eval_command(checkpoint: Path, clips: int, tasks: tuple[str, ...], overrides
     Example:
       wd eval --checkpoint wd-quickstart/pipeline
       wd eval --checkpoint runs/pipeline --task image2video --clips 32 --set shapes.max_shapes=3
+      wd eval --checkpoint runs/pipeline --task long-rollout --set task_clips.long-rollout=16 --set rollout_windows=4
     """
     with one_line_errors():
         pipe = WorldDreamerPipeline.from_pretrained(checkpoint, device=device)

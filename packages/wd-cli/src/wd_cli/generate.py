@@ -1,4 +1,4 @@
-"""`wd generate`: run one of the five tasks with a pipeline directory and write the video (and its tokens)."""
+"""`wd generate`: run one task with a pipeline directory and write the video (and its tokens)."""
 
 from __future__ import annotations
 
@@ -15,12 +15,17 @@ from wd_cli.errors import one_line_errors
 from wd_cli.media import read_actions, read_frames, read_mask
 from wd_cli.pipeline import Box, Generation, SamplingOptions, WorldDreamerPipeline
 
-INPUTS = ("prompt", "image", "video", "mask", "box", "actions", "mask_ratio")
+INPUTS = ("prompt", "image", "video", "mask", "box", "border", "actions", "mask_ratio", "every")
 # Per task: the inputs it needs, and the ones it also accepts.
-NEEDS = {"text2video": {"prompt"}, "image2video": {"image"}, "inpaint": {"video"}, "stylize": {"video", "prompt"},
-         "action2video": {"image", "actions"}}
-ACCEPTS = {"text2video": {"prompt"}, "image2video": {"image", "prompt"}, "inpaint": {"video", "mask", "box", "prompt"},
-           "stylize": {"video", "prompt", "mask_ratio"}, "action2video": {"image", "actions", "prompt"}}
+NEEDS = {"text2video": {"prompt"}, "image2video": {"image"}, "predict": {"video"}, "action2video": {"image", "actions"},
+         "interpolate": {"video"}, "inpaint": {"video"}, "outpaint": {"video"}, "stylize": {"video", "prompt"}}
+ACCEPTS = {"text2video": {"prompt", "actions"}, "image2video": {"image", "prompt"}, "predict": {"video", "prompt"},
+           "action2video": {"image", "actions", "prompt"}, "interpolate": {"video", "every", "prompt"},
+           "inpaint": {"video", "mask", "box", "prompt"}, "outpaint": {"video", "border", "prompt"},
+           "stylize": {"video", "prompt", "mask_ratio"}}
+# Tasks whose --frames is the number of frames to generate (interpolate spreads its keyframes over them; the
+# video editing tasks read the first --frames frames of --video).
+ROLLOUTS = ("text2video", "image2video", "predict", "action2video")
 VIDEO_SUFFIXES = (".mp4", ".gif")
 
 
@@ -36,8 +41,10 @@ class GenerateArgs:
     video: Path | None = None
     mask: Path | None = None
     box: Box | None = None
+    border: Box | None = None
     actions: Path | None = None
     mask_ratio: float | None = None
+    every: int | None = None
     frames: int | None = None
     steps: int | None = None
     guidance: float | None = None
@@ -61,6 +68,8 @@ def check_args(args: GenerateArgs) -> None:
         raise click.UsageError(f"{_flag(unused[0])} does not apply to --task {args.task}")
     if args.task == "inpaint" and (args.mask is None) == (args.box is None):
         raise click.UsageError("--task inpaint needs exactly one of --mask and --box")
+    if args.task == "interpolate" and (args.every is None) == (args.frames is None):
+        raise click.UsageError("--task interpolate needs exactly one of --every and --frames")
     if args.out.suffix.lower() not in VIDEO_SUFFIXES:
         raise click.UsageError(f"--out {args.out}: the suffix picks the format, use one of {VIDEO_SUFFIXES}")
     if args.tokens_out is not None and args.tokens_out.suffix != ".npy":
@@ -81,20 +90,37 @@ def run_task(pipeline: WorldDreamerPipeline, args: GenerateArgs, progress: tqdm 
                        ("top_k", args.top_k)):
         if value is not None:
             options[key] = value
-    if args.frames is not None and args.task in ("text2video", "image2video", "action2video"):
+    if args.frames is not None and args.task in ROLLOUTS:
         options["num_frames"] = args.frames
     match args.task:
         case "text2video":
-            return pipeline.text_to_video(args.prompt, **options)
+            actions = None if args.actions is None else read_actions(args.actions)
+            return pipeline.text_to_video(args.prompt, actions, **options)
         case "image2video":
             return pipeline.image_to_video(read_image(args.image), args.prompt, **options)
+        case "predict":
+            return pipeline.image_to_video(read_frames(args.video), args.prompt, **options)
         case "action2video":
             return pipeline.action_to_video(read_image(args.image), read_actions(args.actions), args.prompt, **options)
+        case "interpolate":
+            keyframes = read_frames(args.video)
+            every = args.every or _every(len(keyframes), args.frames)
+            return pipeline.interpolate(keyframes, every, args.prompt or "", **options)
     video = read_frames(args.video, args.frames)
     if args.task == "stylize":
         return pipeline.stylize(video, args.prompt, args.mask_ratio, **options)
+    if args.task == "outpaint":
+        return pipeline.outpaint(video, args.border, args.prompt or "", **options)
     mask = None if args.mask is None else read_mask(args.mask, len(video))
     return pipeline.inpaint(video, mask=mask, box=args.box, prompt=args.prompt or "", **options)
+
+
+def _every(keyframes: int, frames: int) -> int:
+    """The keyframe spacing that spreads `keyframes` over `frames` frames, first to last."""
+    if keyframes < 2 or (frames - 1) % (keyframes - 1):
+        raise ValueError(f"--frames {frames} cannot hold the video's {keyframes} frames as evenly spaced keyframes, "
+                         f"first to last: (frames - 1) must be a multiple of {max(1, keyframes - 1)}")
+    return (frames - 1) // (keyframes - 1)
 
 
 def write_outputs(result: Generation, args: GenerateArgs, fps: float) -> None:
@@ -120,21 +146,30 @@ existing_file = click.Path(exists=True, dir_okay=False, path_type=Path)
 
 
 @click.command()
-@click.option("--task", type=click.Choice(list(NEEDS)), required=True, help="Which of the five tasks to run.")
+@click.option("--task", type=click.Choice(list(NEEDS)), required=True, help="Which task to run.")
 @click.option("--checkpoint", required=True, type=click.Path(path_type=Path),
               help="A pipeline directory (WorldDreamerPipeline.save_pretrained, `wd train export`, the quickstart).")
 @click.option("--out", required=True, type=click.Path(dir_okay=False, path_type=Path),
               help="Output video, .mp4 or .gif.")
 @click.option("--prompt", help="Text prompt (needed by text2video and stylize).")
 @click.option("--image", type=existing_file, help="First frame (image2video, action2video).")
-@click.option("--video", type=existing_file, help="Input video (inpaint, stylize).")
+@click.option("--video", type=existing_file,
+              help="Input video: the given frames (predict), the keyframes (interpolate), or the video to edit "
+                   "(inpaint, outpaint, stylize).")
 @click.option("--mask", type=existing_file, help="Inpainting mask image or video, white = regenerate.")
 @click.option("--box", callback=_parse_box, metavar="T,L,B,R", help="Inpainting box in the video's pixels.")
-@click.option("--actions", type=existing_file, help="CSV or JSON actions, one row per frame (action2video).")
+@click.option("--border", callback=_parse_box, metavar="T,L,B,R",
+              help="Outpainting: pixels of the output frame to regenerate on each side (default: widen the video "
+                   "to the model's aspect ratio, generating what it leaves uncovered).")
+@click.option("--actions", type=existing_file,
+              help="CSV or JSON actions, one row per frame (action2video; text2video: text and actions together).")
 @click.option("--mask-ratio", type=click.FloatRange(0, 1), help="Fraction of tokens stylize redraws.")
+@click.option("--every", type=click.IntRange(min=2),
+              help="Interpolate: the keyframes become every k-th frame (k - 1 new frames between each two).")
 @click.option("--frames", type=click.IntRange(min=1),
-              help="Frames to generate (past the model's window it rolls out), or the first frames of --video "
-                   "to use (default: all).")
+              help="Frames to generate (text2video, image2video, predict, action2video; interpolate: the keyframes "
+                   "spread first to last); the first frames of --video to use for inpaint, outpaint, stylize "
+                   "(default: all). Past the model's window the video is generated in overlapping windows.")
 @click.option("--steps", type=click.IntRange(min=1), help="Decoding steps (default: the pipeline's, 10).")
 @click.option("--guidance", type=click.FloatRange(min=0), help="Classifier-free guidance scale (0 = none).")
 @click.option("--temperature", type=click.FloatRange(min=0), help="Sampling temperature (0 = argmax).")
@@ -156,6 +191,9 @@ def generate(**values: object) -> None:
       wd generate --task image2video --image first.png --frames 32 --checkpoint runs/pipeline --out go.gif
       wd generate --task inpaint --video clip.mp4 --box 0,0,32,32 --checkpoint runs/pipeline --out fixed.mp4
       wd generate --task action2video --image road.png --actions left.csv --checkpoint runs/drive --out left.mp4
+      wd generate --task predict --video first4.mp4 --frames 24 --checkpoint runs/pipeline --out next.mp4
+      wd generate --task interpolate --video keys.mp4 --every 4 --checkpoint runs/pipeline --out smooth.mp4
+      wd generate --task outpaint --video narrow.mp4 --checkpoint runs/pipeline --out wide.mp4
     """
     args = GenerateArgs(**values)
     check_args(args)

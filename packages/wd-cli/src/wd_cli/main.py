@@ -12,6 +12,8 @@ configure_threads()  # before any subcommand imports torch
 
 # name -> "module:attribute" of its click command.
 SUBCOMMANDS = {
+    "convert": "wd_cli.convert:convert",
+    "data": "wd_cli.data.cli:data",
     "eval": "wd_cli.evaluation:eval_command",
     "generate": "wd_cli.generate:generate",
     "quickstart": "wd_cli.quickstart:quickstart",
@@ -39,7 +41,7 @@ def cli() -> None:
 
     \b
     Example:
-      wd quickstart                      # train on synthetic worlds, run the five tasks (CPU, no download)
+      wd quickstart                      # train on synthetic worlds, run every task (CPU, no download)
       wd generate --task text2video --prompt "a red circle moves up" --checkpoint wd-quickstart/pipeline --out a.gif
       wd info
     """

@@ -32,18 +32,41 @@ def _fit(planes: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
     return planes[..., y : y + size[0], x : x + size[1]]
 
 
-def fit_frames(frames: np.ndarray | torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
-    """uint8 (M, H, W, 3) or one image (H, W, 3) -> uint8 (M, *size, 3) on the CPU, resized and centre-cropped
-    like `wd_data.read_video` does (a no-op at the right size)."""
+def _frames(frames: np.ndarray | torch.Tensor) -> torch.Tensor:
+    """uint8 (M, H, W, 3) or one image (H, W, 3) -> a uint8 (M, H, W, 3) CPU tensor; ValueError otherwise."""
     frames = _tensor(frames)
     if frames.ndim == 3:
         frames = frames[None]
     if frames.dtype != torch.uint8 or frames.ndim != 4 or frames.shape[-1] != 3 or not len(frames):
         raise ValueError(f"frames must be uint8 (H, W, 3) or (M, H, W, 3), got {frames.dtype} {tuple(frames.shape)}")
+    return frames
+
+
+def fit_frames(frames: np.ndarray | torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """uint8 (M, H, W, 3) or one image (H, W, 3) -> uint8 (M, *size, 3) on the CPU, resized and centre-cropped
+    like `wd_data.read_video` does (a no-op at the right size)."""
+    frames = _frames(frames)
     if tuple(frames.shape[1:3]) == tuple(size):
         return frames
     planes = _fit(frames.permute(0, 3, 1, 2).float(), size)  # (M, 3, H, W)
     return planes.round().clamp(0, 255).to(torch.uint8).permute(0, 2, 3, 1).contiguous()
+
+
+def fit_inside(
+    frames: np.ndarray | torch.Tensor, size: tuple[int, int]
+) -> tuple[torch.Tensor, tuple[int, int, int, int]]:
+    """uint8 (M, H, W, 3) or (H, W, 3) -> (uint8 (M, *size, 3), box): the frames scaled to fit inside `size`
+    (aspect kept) and centred, the rest filled by replicating their edge pixels; box = (top, left, bottom, right)
+    where they lie."""
+    frames = _frames(frames)
+    height, width = frames.shape[1:3]
+    scale = min(size[0] / height, size[1] / width)
+    inner = (min(size[0], max(1, round(height * scale))), min(size[1], max(1, round(width * scale))))
+    top, left = (size[0] - inner[0]) // 2, (size[1] - inner[1]) // 2
+    planes = fit_frames(frames, inner).permute(0, 3, 1, 2).float()
+    padding = (left, size[1] - inner[1] - left, top, size[0] - inner[0] - top)
+    canvas = F.pad(planes, padding, mode="replicate").to(torch.uint8).permute(0, 2, 3, 1).contiguous()
+    return canvas, (top, left, top + inner[0], left + inner[1])
 
 
 def fit_mask(mask: np.ndarray | torch.Tensor, size: tuple[int, int]) -> torch.Tensor:

@@ -2,8 +2,9 @@
 
 Every task returns a `Generation`: frames uint8 (N, H, W, 3), tokens int64 (N, h, w) and known bool (N, h, w)
 (True where the task gave the token). Pixel inputs of another size are resized to cover the model's size and
-centre-cropped. Requests longer than the model's window (`defaults.num_frames`) are rolled out window by
-window, each continuing from the last `defaults.context_frames` generated frames.
+centre-cropped (outpainting's widening scales them to fit inside instead). Every task, at any length, runs
+through `wd_cli.windowing`: a video longer than the model's window (`defaults.num_frames`) is generated in
+overlapping windows, each continuing from at least `defaults.context_frames` final frames.
 """
 
 from __future__ import annotations
@@ -25,8 +26,9 @@ from wd_tokenizer.io import atomic_write_text, read_json
 from wd_cli.atomic import atomic_directory
 from wd_cli.devices import autocast, resolve_device, resolve_dtype
 from wd_cli.info import PACKAGES, package_version
-from wd_cli.media import fit_frames, fit_mask
+from wd_cli.media import fit_frames, fit_inside, fit_mask
 from wd_cli.text_encoders import CachedTextEncoder, TextEncoder, json_text, load_text_encoder, unwrap
+from wd_cli.windowing import LongVideo, WindowSampler
 
 PIPELINE_FILE = "pipeline.json"
 PARTS = ("tokenizer", "stpt", "text_encoder")
@@ -133,30 +135,36 @@ class WorldDreamerPipeline:
 
     # -- tasks ------------------------------------------------------------------------------------------------
 
-    def text_to_video(self, prompt: str, **options: Unpack[SamplingOptions]) -> Generation:
-        """A clip from the prompt alone."""
-        return self._rollout(None, prompt, None, options)
+    def text_to_video(
+        self, prompt: str, actions: np.ndarray | None = None, **options: Unpack[SamplingOptions]
+    ) -> Generation:
+        """A clip from the prompt alone, or from the prompt and actions float (M, A) together (M frames, row i
+        conditioning frame i)."""
+        actions = self._actions(actions, options)
+        tokens, known = wd_masking.text_to_video(1, self._length(options), *self.token_shape, self.mask_id)
+        return self._generate(tokens, known, prompt, actions, options)
 
     def image_to_video(
         self, image: np.ndarray, prompt: str | None = None, **options: Unpack[SamplingOptions]
     ) -> Generation:
-        """Continue image uint8 (H, W, 3), or k given frames (k, H, W, 3), to `num_frames` frames (the given
-        ones included)."""
-        return self._rollout(self.encode(image), prompt or "", None, options)
+        """Continue image uint8 (H, W, 3), or k given frames (k, H, W, 3) (prediction), to `num_frames` frames
+        (the given ones included)."""
+        return self._continue(self.encode(image), prompt, None, options)
 
     def action_to_video(
         self, image: np.ndarray, actions: np.ndarray, prompt: str | None = None, **options: Unpack[SamplingOptions]
     ) -> Generation:
         """Drive from image uint8 (H, W, 3) (or k frames) with actions float (M, A), one row per output frame:
         M frames come out, actions[i] conditioning frame i."""
-        actions = torch.as_tensor(np.asarray(actions, dtype=np.float32))
-        action_dim = self.stpt.config.action_dim
-        if actions.ndim != 2 or actions.shape[1] != action_dim or not len(actions):
-            raise ValueError(f"actions must be float (frames, {action_dim}), got shape {tuple(actions.shape)}")
-        if options.setdefault("num_frames", len(actions)) != len(actions):
-            raise ValueError(f"num_frames={options['num_frames']} but there are {len(actions)} action rows "
-                             "(one per frame)")
-        return self._rollout(self.encode(image), prompt or "", actions, options)
+        return self._continue(self.encode(image), prompt, self._actions(actions, options), options)
+
+    def interpolate(
+        self, keyframes: np.ndarray, every: int, prompt: str = "", **options: Unpack[SamplingOptions]
+    ) -> Generation:
+        """Keyframes uint8 (M, H, W, 3) become frames 0, every, 2 * every, ... of (M - 1) * every + 1 frames; the
+        ones between are generated (the first and last frame of N: two keyframes, every = N - 1)."""
+        tokens, known = wd_masking.frame_interpolation(self.encode(keyframes)[None], every, self.mask_id)
+        return self._generate(tokens, known, prompt, None, self._whole_video(options))
 
     def inpaint(
         self,
@@ -177,7 +185,26 @@ class WorldDreamerPipeline:
         region = fit_mask(region, (self.defaults.height, self.defaults.width))
         tokens, known = wd_masking.inpainting(self.encode(video)[None], region, self.mask_id,
                                               downsample_factor=self.tokenizer.downsample_factor)
-        return self._fill(tokens, known, prompt, options)
+        return self._generate(tokens, known, prompt, None, self._whole_video(options))
+
+    def outpaint(
+        self, video: np.ndarray, border: Box | None = None, prompt: str = "", **options: Unpack[SamplingOptions]
+    ) -> Generation:
+        """Regenerate border = (top, left, bottom, right) pixels of every frame of video uint8 (M, H, W, 3) (fitted
+        to the model's frame), or, with no border, widen it: the video is scaled to fit inside the model's frame
+        and what it leaves uncovered (the sides of a narrower video) is generated."""
+        size = (self.defaults.height, self.defaults.width)
+        if border is None:
+            frames, keep = fit_inside(video, size)
+        else:
+            frames, (top, left, bottom, right) = video, border
+            if min(border) < 0 or top + bottom >= size[0] or left + right >= size[1]:
+                raise ValueError(f"border {border} (top, left, bottom, right) must be >= 0 and leave some of the "
+                                 f"{size[0]}x{size[1]} frame")
+            keep = (top, left, size[0] - bottom, size[1] - right)
+        tokens, known = wd_masking.outpainting(self.encode(frames)[None], keep, self.mask_id,
+                                               downsample_factor=self.tokenizer.downsample_factor)
+        return self._generate(tokens, known, prompt, None, self._whole_video(options))
 
     def stylize(
         self, video: np.ndarray, prompt: str, mask_ratio: float | None = None, **options: Unpack[SamplingOptions]
@@ -185,10 +212,22 @@ class WorldDreamerPipeline:
         """Redraw a random `mask_ratio` of video's tokens (default: defaults.stylize_mask_ratio) under the prompt,
         the rest anchoring the content."""
         ratio = self.defaults.stylize_mask_ratio if mask_ratio is None else mask_ratio
-        generator = self._generator(options)
-        tokens, known = wd_masking.stylization(self.encode(video)[None].to(self.device), ratio, self.mask_id,
-                                               generator=generator)
-        return self._fill(tokens, known, prompt, options, generator)
+        # The mask's draw has its own generator (on the CPU, where the tokens are): the sampler's starts fresh.
+        generator = torch.Generator().manual_seed(int(options.get("seed", 0)))
+        tokens, known = wd_masking.stylization(self.encode(video)[None], ratio, self.mask_id, generator=generator)
+        return self._generate(tokens, known, prompt, None, self._whole_video(options))
+
+    def window_sampler(self, prompt: str = "", **options: Unpack[SamplingOptions]) -> WindowSampler:
+        """What `wd_cli.windowing.LongVideo.step` calls to generate one window under `prompt`: one seeded
+        generator for every window it samples (a live driver keeps one per session)."""
+        if "num_frames" in options:
+            raise TypeError("num_frames does not apply to one window: the LongVideo it steps sets the frames")
+        config, generator, callback = self._config(options), self._generator(options), options.get("callback")
+
+        def sample(tokens: torch.Tensor, known: torch.Tensor, actions: torch.Tensor | None) -> torch.Tensor:
+            return self._sample(tokens, known, prompt, actions, config, generator, callback)
+
+        return sample
 
     # -- pixels <-> tokens --------------------------------------------------------------------------------------
 
@@ -241,52 +280,55 @@ class WorldDreamerPipeline:
                                    config=config, generator=generator, callback=callback)
         return result.tokens
 
-    def _rollout(
-        self, given: torch.Tensor | None, prompt: str, actions: torch.Tensor | None, options: SamplingOptions
-    ) -> Generation:
-        """given tokens (k, h, w) or None -> num_frames frames, window by window (frame i keeps actions[i])."""
-        config, generator, callback = self._config(options), self._generator(options), options.get("callback")
-        window, context = self.defaults.num_frames, self.defaults.context_frames
-        total = options.get("num_frames", window)
+    def _length(self, options: SamplingOptions) -> int:
+        """Frames a rollout produces: options' num_frames, else one window."""
+        total = options.get("num_frames", self.defaults.num_frames)
         if total < 1:
             raise ValueError(f"num_frames must be >= 1, got {total}")
-        first = min(window, total)
-        if given is None:
-            tokens, known = wd_masking.text_to_video(1, first, *self.token_shape, self.mask_id)
-        elif len(given) > first:
-            raise ValueError(f"{len(given)} given frames do not fit the first window of {first} frames")
-        else:
-            tokens, known = wd_masking.image_to_video(given[None], first, self.mask_id)
-        out = self._sample(tokens, known, prompt, None if actions is None else actions[:first], config, generator,
-                           callback)
-        knowns = [known]
-        while out.shape[1] < total:
-            start = out.shape[1] - context  # the window covers output frames [start, start + length)
-            length = min(window, total - start)
-            tokens, known = wd_masking.video_continuation(out, context, length, self.mask_id)
-            window_actions = None if actions is None else actions[start : start + length]
-            new = self._sample(tokens, known, prompt, window_actions, config, generator, callback)
-            out = torch.cat([out, new[:, context:]], dim=1)
-            knowns.append(torch.zeros_like(known[:, context:]))
-        return self._generation(out[0], torch.cat(knowns, dim=1)[0])
+        return total
 
-    def _fill(
+    def _actions(self, actions: np.ndarray | None, options: SamplingOptions) -> torch.Tensor | None:
+        """actions (M, A) as a float tensor, checked against the model and against num_frames (default M)."""
+        if actions is None:
+            return None
+        actions = torch.as_tensor(np.asarray(actions, dtype=np.float32))
+        action_dim = self.stpt.config.action_dim
+        if actions.ndim != 2 or actions.shape[1] != action_dim or not len(actions):
+            raise ValueError(f"actions must be float (frames, {action_dim}), got shape {tuple(actions.shape)}")
+        if options.setdefault("num_frames", len(actions)) != len(actions):
+            raise ValueError(f"num_frames={options['num_frames']} but there are {len(actions)} action rows "
+                             "(one per frame)")
+        return actions
+
+    @staticmethod
+    def _whole_video(options: SamplingOptions) -> SamplingOptions:
+        """options, refusing num_frames: the input video (or the window) sets the length."""
+        if "num_frames" in options:
+            raise TypeError("num_frames does not apply here: the input video sets the length")
+        return options
+
+    def _continue(
+        self, given: torch.Tensor, prompt: str | None, actions: torch.Tensor | None, options: SamplingOptions
+    ) -> Generation:
+        """given tokens (k, h, w) continued to num_frames frames."""
+        total = self._length(options)
+        if len(given) > total:
+            raise ValueError(f"{len(given)} given frames are more than the num_frames={total} to generate")
+        tokens, known = wd_masking.image_to_video(given[None], total, self.mask_id)
+        return self._generate(tokens, known, prompt or "", actions, options)
+
+    def _generate(
         self,
         tokens: torch.Tensor,
         known: torch.Tensor,
         prompt: str,
+        actions: torch.Tensor | None,
         options: SamplingOptions,
-        generator: torch.Generator | None = None,
     ) -> Generation:
-        """Sample the unknown tokens of a whole video (1, M, h, w), `defaults.num_frames` frames at a time."""
-        if "num_frames" in options:
-            raise TypeError("num_frames does not apply here: the input video sets the length")
-        config, generator = self._config(options), generator or self._generator(options)
-        window = self.defaults.num_frames
-        chunks = [self._sample(tokens[:, start : start + window], known[:, start : start + window], prompt, None,
-                               config, generator, options.get("callback"))
-                  for start in range(0, tokens.shape[1], window)]
-        return self._generation(torch.cat(chunks, dim=1)[0], known[0])
+        """Fill the unknown tokens of a whole video (1, M, h, w), window by window (wd_cli.windowing)."""
+        video = LongVideo(tokens[0], known[0], actions)
+        sample = self.window_sampler(prompt, **{key: value for key, value in options.items() if key != "num_frames"})
+        return self._generation(video.run(sample, self.defaults.num_frames, self.defaults.context_frames), known[0])
 
     def _generation(self, tokens: torch.Tensor, known: torch.Tensor) -> Generation:
         tokens = tokens.cpu()

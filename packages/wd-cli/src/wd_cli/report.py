@@ -119,7 +119,7 @@ with the tokens the model generated tinted magenta. <a href="{sheet}">Contact sh
 <table><tr><th>metric</th><th>model [95% interval]</th><th>baseline</th><th>beats it</th><th>true clips</th></tr>
 {table}
 </table>
-<h2>The five tasks</h2>
+<h2>The tasks</h2>
 <table><tr><th>task</th><th>input</th><th>mask</th><th>output</th></tr>
 {rows}
 </table></body></html>

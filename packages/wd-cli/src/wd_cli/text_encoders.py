@@ -6,15 +6,17 @@ Each encoder's directory holds `config.json` = {"class": ..., its fields}; `load
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
+import importlib.util
 import json
 import math
 import os
 import re
 from collections import OrderedDict
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import Protocol, runtime_checkable
+from typing import Any, Protocol, runtime_checkable
 
 import torch
 from torch.nn.utils.rnn import pad_sequence
@@ -145,18 +147,12 @@ class T5TextEncoder:
         cls, name_or_path: str | os.PathLike, max_length: int | None = None, device: str | torch.device = "cpu"
     ) -> T5TextEncoder:
         """A hub name or local path of a T5 (or a directory written by `save_pretrained`), frozen on `device`."""
-        from transformers import AutoTokenizer, T5EncoderModel
-
         source = Path(name_or_path)
         if (source / T5_SUBFOLDER).is_dir():
             saved = _fields(source, ("max_length",))
             max_length = max_length or saved.get("max_length")
             source = source / T5_SUBFOLDER
-        try:
-            model = T5EncoderModel.from_pretrained(str(source) if source.exists() else str(name_or_path))
-            tokenizer = AutoTokenizer.from_pretrained(str(source) if source.exists() else str(name_or_path))
-        except (OSError, ValueError) as error:
-            raise ValueError(f"cannot load a T5 encoder from {name_or_path}: {str(error).splitlines()[0]}") from None
+        model, tokenizer = _load_t5(str(source) if source.exists() else str(name_or_path))
         return cls(model.to(device), tokenizer, max_length or 77)
 
     @torch.no_grad()
@@ -178,6 +174,75 @@ class T5TextEncoder:
         self.model.save_pretrained(directory / T5_SUBFOLDER, safe_serialization=True)
         self.tokenizer.save_pretrained(directory / T5_SUBFOLDER)
         _write_config(directory, {"class": type(self).__name__, "max_length": self.max_length})
+
+
+def _load_t5(source: str) -> tuple[torch.nn.Module, Any]:
+    """transformers' `T5EncoderModel` and tokenizer from a hub name or a directory as published (a whole T5's
+    weights, `spiece.model` with or without `tokenizer.json`); every refusal is one ValueError line."""
+    import transformers
+
+    directory = Path(source)
+    if directory.is_dir():
+        _check_t5_directory(directory)
+    try:
+        with _quiet_transformers():
+            model, info = transformers.T5EncoderModel.from_pretrained(source, output_loading_info=True)
+            tokenizer = transformers.AutoTokenizer.from_pretrained(source)
+    except (OSError, ValueError, RuntimeError) as error:
+        reason = str(error).splitlines()[0]
+        if "ignore_mismatched_sizes" in reason:
+            reason = "its weights do not have the shapes its config.json gives"
+        raise ValueError(f"cannot load a T5 encoder from {source}: {reason}") from None
+    missing = sorted(info["missing_keys"])
+    if missing:
+        raise ValueError(f"cannot load a T5 encoder from {source}: its weights lack {len(missing)} encoder tensors "
+                         f"(the first: {missing[0]})")
+    if len(tokenizer) > model.config.vocab_size:
+        raise ValueError(f"cannot load a T5 encoder from {source}: its tokenizer has {len(tokenizer)} tokens, more "
+                         f"than the model's vocab_size {model.config.vocab_size}")
+    return model, tokenizer
+
+
+@contextlib.contextmanager
+def _quiet_transformers() -> Iterator[None]:
+    """No load report (it lists every decoder tensor of a whole T5 as unexpected; `_load_t5` checks what matters)
+    and no progress bar for the few seconds a load takes."""
+    from transformers.utils import logging
+
+    verbosity, bar = logging.get_verbosity(), logging.is_progress_bar_enabled()
+    logging.set_verbosity_error()
+    logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        logging.set_verbosity(verbosity)
+        if bar:
+            logging.enable_progress_bar()
+
+
+def _check_t5_directory(directory: Path) -> None:
+    """One-line errors for a directory that is not a T5 as published, or whose tokenizer cannot be read here."""
+    config = read_json(directory / CONFIG_NAME)
+    if config.get("model_type") != "t5":
+        kind = config.get("model_type") or config.get("_class_name") or config.get("class") or "unknown"
+        raise ValueError(f"{directory / CONFIG_NAME} describes a {kind!r} model, not a transformers T5")
+    has_json, has_spiece = (directory / "tokenizer.json").is_file(), (directory / "spiece.model").is_file()
+    if not (has_json or has_spiece):
+        raise ValueError(f"{directory} has no tokenizer: expected tokenizer.json or spiece.model")
+    # transformers reads spiece.model with sentencepiece and parses it with protobuf; missing either, it falls
+    # back to tiktoken and fails with an error that names neither.
+    missing = [name for name, module in (("sentencepiece", "sentencepiece"), ("protobuf", "google.protobuf"))
+               if not _importable(module)]
+    if not has_json and missing:
+        raise ValueError(f"{directory} has spiece.model but no tokenizer.json: reading it needs "
+                         f"{' and '.join(missing)} (pip install 'wd-cli[t5]')")
+
+
+def _importable(module: str) -> bool:
+    try:
+        return importlib.util.find_spec(module) is not None
+    except ModuleNotFoundError:  # a parent package (google) is missing
+        return False
 
 
 class CachedTextEncoder:

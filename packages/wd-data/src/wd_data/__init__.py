@@ -5,13 +5,15 @@ from wd_data.curation import CurationConfig, CuratedClip, curate_videos
 from wd_data.datasets import (
     ImageFolderDataset,
     ImageTextConfig,
-    ImageTextShards,
     NuScenesConfig,
     NuScenesDataset,
+    SkipLog,
+    TarShardConfig,
+    TarShardDataset,
     VideoTextConfig,
     VideoTextDataset,
 )
-from wd_data.errors import MediaReadError
+from wd_data.errors import BadSampleError, DataSourceError, MediaReadError
 from wd_data.image_io import read_image
 from wd_data.video_io import VideoInfo, iter_frames, probe_video, read_video, write_video
 from wd_data.synthetic import (

@@ -18,6 +18,7 @@ import numpy as np
 from PIL import Image
 
 from wd_data._atomic import atomic_path
+from wd_data.errors import MediaReadError
 from wd_data.transforms import resized_shape
 from wd_data.video_io import iter_frames, probe_video, write_video
 
@@ -73,11 +74,14 @@ class CuratedClip:
 def detect_scenes(path: str | os.PathLike, threshold: float = 27.0) -> list[tuple[float, float]]:
     """[(start s, end s)] of the single-shot scenes of a video, found by PySceneDetect's ContentDetector."""
     try:
-        from scenedetect import ContentDetector, detect
+        from scenedetect import ContentDetector, VideoOpenFailure, detect
     except ImportError as error:
         raise ImportError(_EXTRA_HINT) from error
-    # start_in_scene: a video without cuts is one scene rather than none.
-    scenes = detect(str(path), ContentDetector(threshold=threshold), start_in_scene=True)
+    try:
+        # start_in_scene: a video without cuts is one scene rather than none.
+        scenes = detect(str(path), ContentDetector(threshold=threshold), start_in_scene=True)
+    except (VideoOpenFailure, OSError) as error:
+        raise MediaReadError(f"{path}: scene detection cannot open it ({error})") from None
     return [(start.seconds, end.seconds) for start, end in scenes]
 
 
@@ -164,11 +168,18 @@ def curate_videos(
     paths: Sequence[str | os.PathLike], out_dir: str | os.PathLike, config: CurationConfig | None = None
 ) -> list[CuratedClip]:
     """Curate every video, then write `out_dir/manifest.jsonl` (one kept clip per line, caption empty until
-    captioned) that VideoTextDataset reads as is. Returns all scenes, kept and dropped."""
+    captioned) that VideoTextDataset reads as is. Returns all scenes, kept and dropped (an unreadable video is
+    one dropped entry, start = end = 0)."""
     config = config or CurationConfig()
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    clips = [clip for path in paths for clip in curate_video(path, out_dir, config)]
+    clips = []
+    for path in paths:
+        try:
+            clips += curate_video(path, out_dir, config)
+        except MediaReadError as error:  # one unreadable video must not end the whole job
+            logger.warning("skipping %s", error)
+            clips.append(CuratedClip(str(path), 0.0, 0.0, float("nan"), kept=False, reason=f"unreadable: {error}"))
     with atomic_path(out_dir / "manifest.jsonl") as temporary, open(temporary, "w", encoding="utf-8") as file:
         for clip in clips:
             if clip.kept:

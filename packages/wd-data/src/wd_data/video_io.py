@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import io
 import itertools
 import math
 import os
@@ -29,6 +30,15 @@ _TIME_TOLERANCE = 1e-4
 _TIMESTAMP_CHECK_FRAMES = 8
 
 
+# A file path, or a whole encoded file in memory (e.g. a member of a tar shard).
+VideoSource = str | os.PathLike | bytes
+
+
+def source_name(source: VideoSource) -> str:
+    """How errors name a video: its path, or a placeholder for bytes in memory."""
+    return "<video bytes>" if isinstance(source, bytes) else os.fspath(source)
+
+
 @dataclass(frozen=True)
 class VideoInfo:
     """What a container says (or its packets show) about its first video stream."""
@@ -40,21 +50,21 @@ class VideoInfo:
 
 
 @contextlib.contextmanager
-def _open_video(path: str | os.PathLike) -> Iterator[tuple[av.container.InputContainer, av.VideoStream]]:
+def _open_video(path: VideoSource) -> Iterator[tuple[av.container.InputContainer, av.VideoStream]]:
     """Open a container and its first video stream, turning every FFmpeg failure into MediaReadError."""
     try:
-        container = av.open(str(path))
+        container = av.open(io.BytesIO(path) if isinstance(path, bytes) else str(path))
     except (av.FFmpegError, OSError) as error:
-        raise MediaReadError(f"{path}: cannot open ({error})") from error
+        raise MediaReadError(f"{source_name(path)}: cannot open ({error})") from error
     with container:
         if not container.streams.video:
-            raise MediaReadError(f"{path}: has no video stream")
+            raise MediaReadError(f"{source_name(path)}: has no video stream")
         stream = container.streams.video[0]
         stream.thread_type = "AUTO"
         try:
             yield container, stream
         except av.FFmpegError as error:
-            raise MediaReadError(f"{path}: cannot decode ({error})") from error
+            raise MediaReadError(f"{source_name(path)}: cannot decode ({error})") from error
 
 
 def _origin(stream: av.VideoStream) -> float:
@@ -67,7 +77,7 @@ def _frame_rate(stream: av.VideoStream) -> float | None:
     return float(rate) if rate else None
 
 
-def probe_video(path: str | os.PathLike) -> VideoInfo:
+def probe_video(path: VideoSource) -> VideoInfo:
     """Size, frame rate and duration of a video; scans packets when the container has no duration."""
     with _open_video(path) as (container, stream):
         origin = _origin(stream)
@@ -120,7 +130,7 @@ def _timestamped(
 
 @contextlib.contextmanager
 def _frames_from(
-    path: str | os.PathLike, start: float
+    path: VideoSource, start: float
 ) -> Iterator[tuple[av.VideoStream, Iterator[tuple[float, av.VideoFrame]]]]:
     """Open a video; yield its stream and (seconds from the stream origin, frame) pairs beginning at or before
     `start`. Seeks when that works, else decodes from the beginning; when timestamps are unusable (raw
@@ -134,7 +144,7 @@ def _frames_from(
     with _open_video(path) as (container, stream):
         rate = _frame_rate(stream)
         if rate is None:
-            raise MediaReadError(f"{path}: neither usable timestamps nor a frame rate")
+            raise MediaReadError(f"{source_name(path)}: neither usable timestamps nor a frame rate")
         yield stream, ((index / rate, frame) for index, frame in enumerate(container.decode(stream)))
 
 
@@ -158,7 +168,7 @@ class _FrameConverter:
 
 
 def read_video(
-    path: str | os.PathLike,
+    path: VideoSource,
     num_frames: int,
     *,
     frame_stride: int | None = None,
@@ -170,8 +180,9 @@ def read_video(
 ) -> np.ndarray:
     """Read `num_frames` frames starting `start` s in, one every `frame_stride` source frames or at `fps`.
 
-    Frames are picked by presentation time (the frame on screen at each target time), resized so the short
-    side covers `size` (int: square, or (H, W)) and cropped to it. Returns uint8 (N, H, W, 3).
+    `path` is a file or the encoded file's bytes. Frames are picked by presentation time (the frame on screen
+    at each target time), resized so the short side covers `size` (int: square, or (H, W)) and cropped to it.
+    Returns uint8 (N, H, W, 3).
     Raises MediaReadError for unreadable files and clips that run past the end of the video.
     """
     if not isinstance(num_frames, int | np.integer) or num_frames < 1:
@@ -189,7 +200,8 @@ def read_video(
         if fps is None:
             source_rate = _frame_rate(stream)
             if source_rate is None:
-                raise MediaReadError(f"{path}: no frame rate in the container; pass fps= instead of frame_stride")
+                raise MediaReadError(
+                    f"{source_name(path)}: no frame rate in the container; pass fps= instead of frame_stride")
             step = (frame_stride or 1) / source_rate
         else:
             step = 1.0 / fps
@@ -212,13 +224,13 @@ def read_video(
             period = 1 / (_frame_rate(stream) or 1 / step)
             if shown is None or targets[-1] >= shown[0] + period - _TIME_TOLERANCE:
                 end = "has no frames" if shown is None else f"ends at {shown[0] + period:.3f} s"
-                raise MediaReadError(f"{path}: video {end}; the clip needs a frame at {targets[-1]:.3f} s")
+                raise MediaReadError(f"{source_name(path)}: video {end}; the clip needs a frame at {targets[-1]:.3f} s")
             picked.extend([convert(shown[1])] * (num_frames - len(picked)))
     return np.stack(picked)
 
 
 def iter_frames(
-    path: str | os.PathLike, start: float = 0.0, end: float | None = None, size: int | tuple[int, int] | None = None
+    path: VideoSource, start: float = 0.0, end: float | None = None, size: int | tuple[int, int] | None = None
 ) -> Iterator[tuple[float, np.ndarray]]:
     """Yield (seconds from the video start, uint8 (H, W, 3)) for every frame shown in [start, end)."""
     convert = _FrameConverter(normalize_size(size), "center", None)

@@ -14,11 +14,12 @@ from wd_masking.schedules import (
 from wd_masking.task_masks import (
     action_to_video,
     box_region,
+    frame_interpolation,
     image_to_video,
     inpainting,
+    outpainting,
     stylization,
     text_to_video,
-    video_continuation,
 )
 from wd_masking.training_masks import (
     MaskMixture,
@@ -45,11 +46,13 @@ __all__ = [
     "concat_conditions",
     "cosine_schedule",
     "cube_schedule",
+    "frame_interpolation",
     "get_schedule",
     "image_to_video",
     "inpainting",
     "linear_schedule",
     "masked_cross_entropy",
+    "outpainting",
     "prefix_frames_mask",
     "prompt_dropout",
     "sample",
@@ -59,5 +62,4 @@ __all__ = [
     "stylization",
     "text_to_video",
     "unknown_counts",
-    "video_continuation",
 ]

@@ -1,7 +1,18 @@
 """Starting points for the generation tasks (paper section 3.1): each returns (tokens, known).
 
 tokens int64 (B, N, h, w) hold the given codes and [MASK] (= mask_id) elsewhere; known bool
-(B, N, h, w) is True where a token is given. Pass both to `wd_masking.sample`.
+(B, N, h, w) is True where a token is given. Pass both to `wd_masking.sample` (or, for a video
+longer than the network's window, to the caller's windowing).
+
+| task | start |
+|---|---|
+| text to video, text and actions together | `text_to_video` (actions travel in the sampler's cond) |
+| image to video, prediction from k given frames | `image_to_video` |
+| action to video | `action_to_video` |
+| frame interpolation (every k-th frame given, or the first and the last) | `frame_interpolation` |
+| inpainting | `inpainting` (+ `box_region`) |
+| outpainting (a border of every frame, or the sides of a narrower video) | `outpainting` |
+| stylization | `stylization` |
 """
 
 import torch
@@ -56,15 +67,20 @@ def action_to_video(first_frame: Tensor, num_frames: int, mask_id: int) -> TaskS
     return image_to_video(first_frame[:, None], num_frames, mask_id)
 
 
-def video_continuation(clip: Tensor, context_frames: int, num_frames: int, mask_id: int) -> TaskStart:
-    """The last `context_frames` of clip (B, M, h, w) become the first frames of the next window.
-
-    Chain windows for rollouts longer than the network's N frames.
-    """
-    _check_tokens(clip, 4, "clip (B, M, h, w)")
-    if not 1 <= context_frames <= clip.shape[1]:
-        raise ValueError(f"context_frames must be in [1, {clip.shape[1]}], got {context_frames}")
-    return image_to_video(clip[:, -context_frames:], num_frames, mask_id)
+def frame_interpolation(keyframes: Tensor, every: int, mask_id: int) -> TaskStart:
+    """Keyframes (B, M, h, w) become frames 0, every, 2 * every, ... of a (B, (M - 1) * every + 1, h, w) video;
+    the frames between them are unknown. The first and the last frame of an N-frame clip: M = 2, every = N - 1."""
+    _check_tokens(keyframes, 4, "keyframes (B, M, h, w)")
+    batch_size, num_keys, height, width = keyframes.shape
+    if num_keys < 2 or every < 2:
+        raise ValueError(f"need at least 2 keyframes and every >= 2 (a frame to fill between them), got "
+                         f"{num_keys} keyframes, every={every}")
+    num_frames = (num_keys - 1) * every + 1
+    tokens = torch.full((batch_size, num_frames, height, width), mask_id, dtype=torch.int64, device=keyframes.device)
+    tokens[:, ::every] = keyframes
+    known = torch.zeros_like(tokens, dtype=torch.bool)
+    known[:, ::every] = True
+    return tokens, known
 
 
 def box_region(
@@ -127,3 +143,18 @@ def stylization(
     scores = torch.rand(batch_size, length, generator=generator, device=video.device)
     unknown = lowest_k_mask(scores, counts).view_as(video)
     return video.masked_fill(unknown, mask_id), ~unknown
+
+
+def outpainting(
+    video: Tensor, keep: tuple[int, int, int, int], mask_id: int, downsample_factor: int = 1
+) -> TaskStart:
+    """Regenerate everything of video tokens (B, N, h, w) outside the box keep = (top, left, bottom, right),
+    given in pixels of the f = downsample_factor grid (H = h * f, bottom/right exclusive): a token is kept only
+    when its whole f x f cell lies inside the box. A border of every frame, or the sides of a narrower video
+    placed in the frame."""
+    _check_tokens(video, 4, "video (B, N, h, w)")
+    height, width = video.shape[-2] * downsample_factor, video.shape[-1] * downsample_factor
+    outside = ~box_region(height, width, keep, device=video.device)
+    if not outside.any():
+        raise ValueError(f"keep box {keep} covers the whole {height}x{width} frame: nothing to outpaint")
+    return inpainting(video, outside, mask_id, downsample_factor)

@@ -42,7 +42,8 @@ class STPTCondition:
         return dataclasses.replace(self, drop_prompt=torch.ones(batch, dtype=torch.bool, device=device))
 
     def concat(self, other: STPTCondition) -> STPTCondition:
-        """Both conditions stacked along the batch (None + None stays None; a missing flag means False)."""
+        """Both conditions stacked along the batch (None + None stays None; a flag missing on one side means
+        False)."""
         mine, theirs = self._filled(), other._filled()
         if (mine.text is None) != (theirs.text is None) or (mine.actions is None) != (theirs.actions is None):
             raise ValueError("cannot concat a condition with text/actions to one without")
@@ -52,6 +53,10 @@ class STPTCondition:
         for name, value in mine._tensors().items():
             other_value = getattr(theirs, name)
             values[name] = None if value is None and other_value is None else torch.cat([value, other_value])
+        # Two all-video conditions keep no image flags: a flag tensor, even all False, sends compiled and
+        # CUDA-graph-captured forwards down the image-capable path (they cannot read the flags on the host).
+        if self.is_image is None and other.is_image is None:
+            values["is_image"] = None
         return STPTCondition(**values)
 
     def check(self, batch: int, frames: int, text_dim: int, action_dim: int) -> None:
@@ -143,7 +148,9 @@ class PromptEmbedding(nn.Module):
         if cond.actions is not None:
             actions = cond.actions.to(dtype)
             if self.action_scale:
-                actions = actions / actions.new_tensor(self.action_scale)
+                # Column by column with Python scalars: a tensor made from the tuple would be a host-to-device copy,
+                # which CUDA-graph capture forbids.
+                actions = torch.stack([actions[..., i] / scale for i, scale in enumerate(self.action_scale)], dim=-1)
             actions = torch.where(keep[:, None, None], actions, 0.0)
             per_frame = self.norm(self.action_mlp(actions))[:, :, None]
             masks.append(keep[:, None, None].expand(batch, frames, 1))

@@ -50,8 +50,9 @@ class STPT(nn.Module):
         cond.check(batch, frames, self.config.text_dim, self.config.action_dim)
         stride = self.config.patch_stride
         frame_mask = video = None
-        # An all-video batch (what a collate gives by default) needs no mask and no image-mode conv path.
-        if cond.is_image is not None and bool(cond.is_image.any()):
+        # An all-video batch (what a collate gives by default) needs no mask and no image-mode conv path. Where the
+        # flags cannot be read on the host, the general path gives the same result.
+        if cond.is_image is not None and (not _values_readable(tokens) or bool(cond.is_image.any())):
             frame_mask = image_attention_mask(cond.is_image, frames, (height // stride) * (width // stride))
             video = ~cond.is_image
         prompt = self.prompt(cond, batch, frames)
@@ -82,7 +83,7 @@ class STPT(nn.Module):
         if tokens.shape[2] % stride or tokens.shape[3] % stride:
             raise ValueError(f"token grid h x w = {tokens.shape[2]} x {tokens.shape[3]} is not divisible by "
                              f"patch_stride {stride}")
-        if bool(((tokens < 0) | (tokens > self.config.codebook_size)).any()):
+        if _values_readable(tokens) and bool(((tokens < 0) | (tokens > self.config.codebook_size)).any()):
             raise ValueError(f"token ids must lie in [0, {self.config.codebook_size}] (the last is [MASK])")
 
     def save_pretrained(self, directory: str | os.PathLike) -> None:
@@ -119,6 +120,14 @@ class STPT(nn.Module):
         _check_state(state, model.state_dict(), directory / WEIGHTS_NAME)
         model.load_state_dict(state, assign=True)
         return model
+
+
+def _values_readable(tensor: torch.Tensor) -> bool:
+    """False where reading values on the host cannot work or would cut the graph: meta tensors (FLOP counting),
+    torch.compile's tracing and CUDA-graph capture. Value checks and value-dependent shortcuts skip those."""
+    if tensor.is_meta or torch.compiler.is_compiling():
+        return False
+    return not (tensor.is_cuda and torch.cuda.is_current_stream_capturing())
 
 
 def _init_weights(module: nn.Module) -> None:

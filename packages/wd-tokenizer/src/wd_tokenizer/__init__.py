@@ -1,6 +1,6 @@
 """VQGAN tokenizer: frames <-> discrete tokens, trainable here or loaded from open-muse / aMUSEd checkpoints."""
 
-from wd_tokenizer.convert import from_diffusers_vqmodel, from_open_muse
+from wd_tokenizer.convert import detect_layout, from_checkpoint, from_diffusers_vqmodel, from_open_muse
 from wd_tokenizer.losses import LossConfig
 from wd_tokenizer.metrics import ReconstructionReport, evaluate
 from wd_tokenizer.model import PRESETS, VQGAN, VQGANConfig, get_config
@@ -15,8 +15,10 @@ __all__ = [
     "ReconstructionReport",
     "TrainConfig",
     "VQGANConfig",
+    "detect_layout",
     "evaluate",
     "frame_batches",
+    "from_checkpoint",
     "from_diffusers_vqmodel",
     "from_open_muse",
     "get_config",

@@ -1,10 +1,12 @@
 """Load public checkpoints: open-muse VQGAN directories and diffusers `VQModel` directories (aMUSEd layout).
 
 Both networks take pixels in [0, 1], so converted models get `pixel_range="unit"` and the exact-L2 quantizer.
+`from_checkpoint` tells the two apart by config.json (its `_class_name`, else a key only one layout's config has).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import re
 from pathlib import Path
 
@@ -12,6 +14,12 @@ import torch
 
 from wd_tokenizer.io import checkpoint_dir, read_json, read_tensors
 from wd_tokenizer.model import VQGAN, VQGANConfig, load_state_dict_strict
+
+# config.json's `_class_name` (written by diffusers' ConfigMixin and open-muse's copy of it) -> layout.
+CLASS_NAMES = {"VQGANModel": "open-muse", "VQModel": "diffusers"}
+# Without a `_class_name`, a config key only that layout has.
+LAYOUT_KEYS = {"quantized_embed_dim": "open-muse", "num_vq_embeddings": "diffusers"}
+PIPELINE_SUBFOLDER = "vqvae"  # where a diffusers pipeline (aMUSEd) keeps its VQModel
 
 # open-muse config fields whose non-default values change the architecture in ways this model does not build.
 OPEN_MUSE_UNSUPPORTED = {
@@ -70,7 +78,8 @@ def from_open_muse(directory: str | Path) -> VQGAN:
         raise ValueError(f"unknown open-muse config fields: {unknown}")
     fields = {ours: values[theirs] for theirs, ours in OPEN_MUSE_FIELDS.items() if theirs in values}
     model = VQGAN(VQGANConfig(**fields, pixel_range="unit", quantizer="l2", norm_groups=32))
-    state = read_weights(directory, ("pytorch_model.bin", "model.safetensors", "diffusion_pytorch_model.safetensors"))
+    state = read_weights(directory, ("pytorch_model.bin", "pytorch_model.safetensors", "model.safetensors",
+                                     "diffusion_pytorch_model.safetensors"))
     load_state_dict_strict(model, state)
     return model.eval()
 
@@ -138,3 +147,41 @@ def from_diffusers_vqmodel(directory: str | Path) -> VQGAN:
     model = VQGAN(config)
     load_state_dict_strict(model, converted)
     return model.eval()
+
+
+CONVERTERS = {"open-muse": from_open_muse, "diffusers": from_diffusers_vqmodel}
+
+
+def detect_layout(directory: str | Path) -> str:
+    """"open-muse" or "diffusers" from `directory/config.json`; a one-line error for anything else (no config.json,
+    another model class, a transformers model, a directory that `VQGAN.from_pretrained` reads as it is)."""
+    path = checkpoint_dir(directory) / "config.json"
+    values = read_json(path)
+    class_name = values.get("_class_name")
+    if class_name in CLASS_NAMES:
+        return CLASS_NAMES[class_name]
+    if class_name is not None:
+        raise ValueError(f"{path}: _class_name {class_name!r} is neither open-muse's VQGANModel nor diffusers' "
+                         "VQModel, the two that convert to a VQGAN")
+    if "model_type" in values:
+        raise ValueError(f"{path} describes a transformers {values['model_type']!r} model, not a VQGAN")
+    for key, layout in LAYOUT_KEYS.items():
+        if key in values:
+            return layout
+    if values and set(values) <= {field.name for field in dataclasses.fields(VQGANConfig)}:
+        raise ValueError(f"{path.parent} is already a wd-tokenizer VQGAN directory: VQGAN.from_pretrained reads it")
+    raise ValueError(f"{path} is neither an open-muse VQGANModel config nor a diffusers VQModel config")
+
+
+def from_checkpoint(directory: str | Path, layout: str | None = None) -> VQGAN:
+    """An open-muse or diffusers `VQModel` directory, or a diffusers pipeline (aMUSEd) holding one in `vqvae/`,
+    -> `VQGAN`; the layout is detected (`detect_layout`), and a given `layout` it contradicts is an error."""
+    directory = checkpoint_dir(directory)
+    if not (directory / "config.json").exists() and (directory / PIPELINE_SUBFOLDER / "config.json").is_file():
+        directory = directory / PIPELINE_SUBFOLDER
+    if layout is not None and layout not in CONVERTERS:
+        raise ValueError(f"layout must be one of {sorted(CONVERTERS)}, got {layout!r}")
+    found = detect_layout(directory)
+    if layout is not None and layout != found:
+        raise ValueError(f"{directory} is in the {found} layout, not {layout}")
+    return CONVERTERS[found](directory)

@@ -209,19 +209,25 @@ def config_from_dict(values: dict) -> VQGANConfig:
 
 
 def load_state_dict_strict(model: nn.Module, state: dict[str, torch.Tensor]) -> None:
-    """Load `state` into `model`, raising one error that lists every missing, unexpected or mis-shaped key."""
+    """Load `state` into `model`; a ValueError (one line) counts the missing, unexpected and mis-shaped keys and
+    names the first few of each."""
     expected = model.state_dict()
-    missing = sorted(set(expected) - set(state))
-    unexpected = sorted(set(state) - set(expected))
-    mis_shaped = sorted(
-        f"{k}: {tuple(state[k].shape)} != {tuple(expected[k].shape)}"
-        for k in set(state) & set(expected)
-        if state[k].shape != expected[k].shape
-    )
-    if missing or unexpected or mis_shaped:
-        raise KeyError(f"checkpoint does not match the model: missing {missing}, unexpected {unexpected}, "
-                       f"wrong shape {mis_shaped}")
+    problems = {
+        "missing": sorted(set(expected) - set(state)),
+        "unexpected": sorted(set(state) - set(expected)),
+        "wrong shape": sorted(f"{k}: {tuple(state[k].shape)} != {tuple(expected[k].shape)}"
+                              for k in set(state) & set(expected) if state[k].shape != expected[k].shape),
+    }
+    if any(problems.values()):
+        listed = "; ".join(f"{len(keys)} {kind} {_first_few(keys)}" for kind, keys in problems.items() if keys)
+        raise ValueError(f"checkpoint does not match the model: {listed}")
     model.load_state_dict(state, strict=True)
+
+
+def _first_few(names: list[str], limit: int = 3) -> str:
+    """`['a', 'b', 'c', ...]`: a key list short enough for one line (a wrong architecture misses hundreds)."""
+    shown = ", ".join(repr(name) for name in names[:limit])
+    return f"[{shown}{', ...' if len(names) > limit else ''}]"
 
 
 # FSQ for the small presets: on synthetic shapes a VectorQuantize codebook (cosine, dim 8, k-means, dead-code

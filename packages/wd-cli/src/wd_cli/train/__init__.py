@@ -14,7 +14,7 @@ from wd_cli.train.config import (
     TrainSection,
 )
 from wd_cli.train.configfile import ConfigError, load_config
-from wd_cli.train.export import export_run
+from wd_cli.train.export import assemble_pipeline, export_run
 from wd_cli.train.trainer import train_stpt
 
 __all__ = [
@@ -29,6 +29,7 @@ __all__ = [
     "STPTRunConfig",
     "SourceConfig",
     "TrainSection",
+    "assemble_pipeline",
     "export_run",
     "load_config",
     "train_stpt",

@@ -25,6 +25,7 @@ from torch.distributed.checkpoint.state_dict import (
 )
 from torch.optim.swa_utils import AveragedModel
 from wd_stpt import STPT, STPTConfig
+from wd_stpt.positions import fit_time_table
 from wd_tokenizer.io import read_tensors
 from wd_tokenizer.training import checkpoint_dirs
 
@@ -128,11 +129,13 @@ def stpt_weights_dir(path: str | Path) -> Path:
 
 
 def init_weights_from(model: STPT, path: str | Path) -> None:
-    """Load only the weights of a checkpoint / STPT / pipeline directory into `model` (fine-tuning at another
-    frame count or resolution works: positions interpolate); a mismatch is a one-line ConfigError."""
+    """Load only the weights of a checkpoint / STPT / pipeline directory into `model`; a mismatch is a one-line
+    ConfigError. Fine-tuning at another resolution or frame count works: rows and columns interpolate, and a
+    time table of another length is cut or grown to the model's `position_frames` (`fit_time_table`)."""
     directory = stpt_weights_dir(path)
     try:
-        model.load_state_dict(read_tensors(directory / "model.safetensors", next(model.parameters()).device))
+        state = read_tensors(directory / "model.safetensors", next(model.parameters()).device)
+        model.load_state_dict(fit_time_table(state, model.config.position_frames))
     except (OSError, ValueError, RuntimeError) as error:
         lines = [line.strip() for line in str(error).splitlines() if line.strip()]
         raise ConfigError(f"model.init_from: cannot load {directory}: {' '.join(lines[:2])}") from None

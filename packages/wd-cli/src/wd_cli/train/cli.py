@@ -7,6 +7,7 @@ from functools import wraps
 from typing import Any
 
 import click
+from wd_data import DataSourceError
 
 from wd_cli.train.config import STPTRunConfig
 from wd_cli.train.configfile import ConfigError, load_config
@@ -23,14 +24,15 @@ run_dir_argument = click.argument("run_dir", type=click.Path(file_okay=False))
 
 
 def config_errors_in_one_line(command: Callable[..., Any]) -> Callable[..., Any]:
-    """Turn configuration mistakes (ConfigError) into one-line click errors; other errors keep their traceback,
-    since mid-training they are bugs to report, not user mistakes. Closes the process group either way."""
+    """Turn configuration mistakes (ConfigError) and data that cannot feed the run (DataSourceError: a source
+    that yields nothing or skips too much) into one-line click errors; other errors keep their traceback, since
+    mid-training they are bugs to report, not user mistakes. Closes the process group either way."""
 
     @wraps(command)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         try:
             return command(*args, **kwargs)
-        except ConfigError as error:
+        except (ConfigError, DataSourceError) as error:
             raise click.ClickException(str(error)) from None
         finally:
             close_distributed()

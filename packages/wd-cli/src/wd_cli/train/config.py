@@ -7,7 +7,7 @@ from typing import Any, Literal
 
 from wd_cli.train.configfile import ConfigError
 
-SOURCE_KINDS = ("token_cache", "shapes", "drive", "video_text", "image_text", "nuscenes")
+SOURCE_KINDS = ("token_cache", "shapes", "drive", "video_text", "image_text", "tar_shards", "nuscenes")
 
 
 @dataclass
@@ -16,7 +16,7 @@ class ModelSection:
 
     preset: str = "tiny"
     overrides: dict[str, Any] = field(default_factory=dict)
-    tokenizer: str | None = None  # VQGAN directory: tokenizes on-the-fly sources, decodes sample videos
+    tokenizer: str | None = None  # VQGAN, pipeline or `wd train tokenizer` run dir: tokenizes frames, decodes samples
     text_encoder: str | None = None  # text encoder directory (wd_cli.text_encoders.load_text_encoder)
     init_from: str | None = None  # checkpoint, STPT or pipeline directory: weights only (fine-tuning)
 
@@ -25,13 +25,20 @@ class ModelSection:
 class SourceConfig:
     """One data source; each micro-batch comes from one source, picked with probability ~ weight.
 
-    `path`: the token cache, manifest, image folder or nuScenes dataroot; `options`: fields of the matching
-    wd_data config (ShapesConfig, DriveConfig, VideoTextConfig, ImageTextConfig, NuScenesConfig)."""
+    `path`: the token cache, manifest or video folder, image folder, tar shards (folder, file or brace pattern)
+    or nuScenes dataroot; `options`: fields of the matching wd_data config (ShapesConfig, DriveConfig,
+    VideoTextConfig, ImageTextConfig, TarShardConfig, NuScenesConfig). Bad samples are skipped and counted;
+    more than `max_skip_rate` of them (judged after 100 samples) stops the run."""
 
-    kind: Literal["token_cache", "shapes", "drive", "video_text", "image_text", "nuscenes"]
+    kind: Literal["token_cache", "shapes", "drive", "video_text", "image_text", "tar_shards", "nuscenes"]
     path: str | None = None
     weight: float = 1.0
     options: dict[str, Any] = field(default_factory=dict)
+    max_skip_rate: float = 0.1
+
+    def __post_init__(self) -> None:
+        if not 0 <= self.max_skip_rate <= 1:
+            raise ValueError(f"max_skip_rate: must be in [0, 1], got {self.max_skip_rate}")
 
 
 @dataclass

@@ -10,6 +10,7 @@ from typing import Any
 
 import torch
 from wd_tokenizer import VQGAN, TrainConfig, frame_batches, get_config, train_vqgan
+from wd_tokenizer.training import checkpoint_dirs
 
 from wd_cli.devices import prefers_bf16
 from wd_cli.train.config import SourceConfig
@@ -39,11 +40,20 @@ class TokenizerRunConfig:
                 raise ConfigError(f"{key}: must be >= 1, got {getattr(self, key)}")
 
 
+def vqgan_dir(path: str | Path) -> Path:
+    """The VQGAN directory `path` names: the newest checkpoint's `model/` of a `wd train tokenizer` run, a
+    pipeline's `tokenizer/`, or `path` itself."""
+    path = Path(path)
+    checkpoints = checkpoint_dirs(path)
+    if checkpoints:
+        return checkpoints[-1] / "model"
+    return path / "tokenizer" if (path / "tokenizer" / "config.json").is_file() else path
+
+
 def load_frames(config: TokenizerRunConfig) -> torch.Tensor:
     """uint8 (M, H, W, 3): every frame of the source's first `num_clips` samples."""
-    dataset = open_source(config.data, "data").dataset
-    count = min(config.num_clips, len(dataset))
-    return torch.cat([torch.as_tensor(dataset[index]["frames"]) for index in range(count)])
+    return torch.cat([torch.as_tensor(sample["frames"]) for sample in open_source(config.data, "data").head(
+        config.num_clips)])
 
 
 def train_tokenizer(config: TokenizerRunConfig, run_dir: str | Path, progress: bool = True) -> VQGAN:

@@ -28,6 +28,7 @@ from wd_cli.train.metrics import MetricsLog
 from wd_cli.train.objective import MaskedTokenObjective
 from wd_cli.train.parallel import DistributedEnv, any_rank, autocast, init_distributed, parallelize, unwrap
 from wd_cli.train.samples import sample_tokens, write_sample_videos
+from wd_cli.train.tokenizer import vqgan_dir
 
 CONFIG_FILE = "config.yaml"
 
@@ -68,7 +69,7 @@ def check_sources(sources: list[Source], config: STPTConfig, downsample_factor: 
     """ConfigError when a source's first sample cannot run through the STPT: a token grid that the patch stride does
     not divide, or actions of another width than `action_dim`."""
     for index, source in enumerate(sources):
-        sample = source.dataset[0]
+        sample = source.head(1)[0]
         if "tokens" in sample:
             height, width = sample["tokens"].shape[1:]
         else:
@@ -203,7 +204,7 @@ class STPTTrainer:
         return {"loss": loss_mean, "accuracy": accuracy_mean, **logs}
 
     def tokens_per_step(self) -> int:
-        sample = self.sources[0].dataset[0]
+        sample = self.sources[0].head(1)[0]
         frames, height, width = sample["tokens"].shape if "tokens" in sample else (
             len(sample["frames"]), *(size // self.tokenizer.downsample_factor for size in sample["frames"].shape[1:3]))
         return self.config.data.batch_size * self.config.train.grad_accumulation * frames * height * width
@@ -222,7 +223,7 @@ class STPTTrainer:
                                self.trained_seconds)
 
     def sample_videos(self) -> None:
-        fixed = self.prepare([self.sources[0].dataset[index] for index in range(self.config.logging.num_samples)])
+        fixed = self.prepare(self.sources[0].head(self.config.logging.num_samples))
         model = self.ema.module if self.ema is not None else unwrap(self.model)
         with autocast(self.config.train, self.env):  # every rank runs the model (FSDP needs them all)
             tokens = sample_tokens(model, fixed, self.config.logging.sample_steps, self.config.train.seed)
@@ -253,7 +254,7 @@ class STPTTrainer:
                 logs["tokens_per_second"] = tokens_per_step / step_seconds
                 bar.update(1)
                 bar.set_postfix(loss=f"{logs['loss']:.3f}", acc=f"{logs['accuracy']:.3f}",
-                                tok_s=f"{logs['tokens_per_second']:.0f}")
+                                tok_s=f"{logs['tokens_per_second']:.0f}", skipped=self.stream.num_skipped)
                 out_of_time = c.train.max_minutes is not None and time.monotonic() - start > 60 * c.train.max_minutes
                 budget_spent = self.time_spent() >= 1
                 stop = any_rank(signalled[0] or out_of_time or budget_spent, env)
@@ -263,6 +264,7 @@ class STPTTrainer:
                 last = stop or self.step == c.train.steps
                 if self.step % c.logging.every == 0 or last:
                     logs = self._mean_over_ranks(logs)
+                    logs.update(self.stream.skip_totals(env.device))  # stops a source past its max_skip_rate
                     if metrics is not None:
                         metrics.log(self.step, logs)
                 if c.logging.sample_every and self.tokenizer is not None and self.step % c.logging.sample_every == 0:
@@ -278,13 +280,13 @@ class STPTTrainer:
         return model.eval()
 
 
-def open_tokenizer(path: str | None, device: torch.device | str) -> VQGAN | None:
+def open_tokenizer(path: str | None, device: torch.device | str, key: str = "model.tokenizer") -> VQGAN | None:
     if path is None:
         return None
     try:
-        return VQGAN.from_pretrained(path).to(device).eval()
+        return VQGAN.from_pretrained(vqgan_dir(path)).to(device).eval()
     except (OSError, ValueError) as error:
-        raise ConfigError(f"model.tokenizer: {' '.join(str(error).split())}") from None
+        raise ConfigError(f"{key}: {' '.join(str(error).split())}") from None
 
 
 def open_text_encoder(path: str | None) -> TextEncoder | None:

@@ -1,20 +1,16 @@
-"""Image-caption pairs (a folder of image + .txt files, or img2dataset tar shards); N images make one sample."""
+"""Image-caption pairs from a folder of image + .txt files; N images make one sample."""
 
 from __future__ import annotations
 
-import json
-from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
-import webdataset as wds
-from torch.utils.data import IterableDataset, get_worker_info
 
-from wd_data.datasets.base import SkipCounter, SkippingDataset, check_counts, sample_generator
-from wd_data.errors import MediaReadError
+from wd_data.datasets.base import SkippingDataset, check_counts, sample_generator
+from wd_data.datasets.video_text import read_caption_file
 from wd_data.image_io import read_image
 from wd_data.transforms import Crop
 
@@ -23,23 +19,21 @@ IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp")
 
 @dataclass
 class ImageTextConfig:
-    """`source`: a folder of `name.jpg` + `name.txt` pairs, or tar shards (a list, or a brace pattern such
-    as "shards/{00000..00099}.tar") holding `key.jpg` + `key.txt` + `key.json` as img2dataset writes them."""
+    """`source`: a folder of `name.jpg` + `name.txt` pairs (no .txt: no caption); tar shards are TarShardConfig's."""
 
-    source: str | Path | Sequence[str]
+    source: str | Path
     num_frames: int = 16  # independent images per sample (the paper: 16)
     size: int | tuple[int, int] | None = 256
     crop: Crop = "center"
     seed: int = 0
     # The N images share one text prompt, so their captions are joined in frame order.
     caption_separator: str = " | "
-    shuffle_buffer: int = 1000  # tar shards only: samples held for shuffling
 
     def __post_init__(self) -> None:
-        check_counts(num_frames=self.num_frames, shuffle_buffer=self.shuffle_buffer)
+        check_counts(num_frames=self.num_frames)
 
 
-def _image_sample(images: list[np.ndarray], captions: list[str], separator: str, meta: dict) -> dict[str, Any]:
+def image_sample(images: list[np.ndarray], captions: list[str], separator: str, meta: dict) -> dict[str, Any]:
     return {
         "frames": torch.from_numpy(np.stack(images)),
         "caption": separator.join(captions),
@@ -50,8 +44,11 @@ def _image_sample(images: list[np.ndarray], captions: list[str], separator: str,
 
 
 class ImageFolderDataset(SkippingDataset):
-    """Sample i is the i-th group of `num_frames` images in a seeded shuffle (reshuffled per epoch);
-    an undecodable image is replaced by the next image of the shuffle."""
+    """Sample i is the i-th group of `num_frames` images in a seeded shuffle (reshuffled per epoch).
+
+    An undecodable image, or one whose caption file is not UTF-8, spoils its group (BadSampleError: training
+    takes the next group, a token cache leaves it out), so no image serves two samples of an epoch. Tar shards
+    group images in stored order instead and lose only the bad image."""
 
     def __init__(self, config: ImageTextConfig) -> None:
         self.config = config
@@ -79,88 +76,8 @@ class ImageFolderDataset(SkippingDataset):
         config = self.config
         order = self._order(self.epoch)
         generator = sample_generator(config.seed, self.epoch, index)
-        images, paths, position = [], [], index * config.num_frames
-        # Walk the shuffle from this group's start; bad images push the walk on, at most once round.
-        for offset in range(len(order)):
-            path = self.images[order[(position + offset) % len(order)]]
-            try:
-                images.append(read_image(path, config.size, config.crop, generator))
-            except MediaReadError as error:
-                self._skip(f"image {path}", error)
-                continue
-            paths.append(path)
-            if len(images) == config.num_frames:
-                captions = [_read_caption(path) for path in paths]
-                meta = {"paths": [str(p) for p in paths], "index": index, "seed": config.seed, "epoch": self.epoch}
-                return _image_sample(images, captions, config.caption_separator, meta)
-        raise MediaReadError(f"{config.source}: fewer than {config.num_frames} readable images")
-
-
-def _read_caption(image_path: Path) -> str:
-    caption_path = image_path.with_suffix(".txt")
-    return caption_path.read_text(encoding="utf-8").strip() if caption_path.exists() else ""
-
-
-class ImageTextShards(SkipCounter, IterableDataset):
-    """Streams tar shards (split over nodes and DataLoader workers), shuffles within a buffer, and groups
-    `num_frames` decodable images into a sample; one pass over the shards is one epoch."""
-
-    epoch = 0
-
-    def __init__(self, config: ImageTextConfig) -> None:
-        self.config = config
-        # A single string may be a brace pattern, which SimpleShardList expands.
-        source = config.source
-        self.urls = str(source) if isinstance(source, (str, Path)) else [str(url) for url in source]
-
-    def set_epoch(self, epoch: int) -> None:
-        """Reshuffle shards and samples differently in the next pass."""
-        self.epoch = epoch
-
-    def _on_error(self, error: Exception) -> bool:
-        self._skip("a tar member", error)
-        return True  # keep streaming
-
-    def __iter__(self) -> Iterator[dict[str, Any]]:
-        config = self.config
-        worker = get_worker_info()
-        worker_id = worker.id if worker is not None else 0
-        generator = sample_generator(config.seed, self.epoch, worker_id)
-        pipeline = wds.DataPipeline(
-            wds.SimpleShardList(self.urls, seed=sample_generator(config.seed, self.epoch).initial_seed()),
-            wds.split_by_node,
-            wds.split_by_worker,
-            wds.tarfile_to_samples(handler=self._on_error),
-            wds.shuffle(config.shuffle_buffer, seed=int(generator.initial_seed() % 2**31)),
-        )
-        images, captions, keys = [], [], []
-        num_read, skipped_before = 0, self.num_skipped
-        for record in pipeline:
-            image_key = next((ext[1:] for ext in IMAGE_EXTENSIONS if ext[1:] in record), None)
-            try:
-                if image_key is None:
-                    raise MediaReadError(f"{record.get('__url__')}: member {record['__key__']} has no image")
-                images.append(read_image(record[image_key], config.size, config.crop, generator))
-            except MediaReadError as error:
-                self._skip(f"image {record['__key__']}", error)
-                continue
-            num_read += 1
-            captions.append(_record_caption(record))
-            keys.append(record["__key__"])
-            if len(images) == config.num_frames:
-                meta = {"keys": keys, "seed": config.seed, "epoch": self.epoch, "worker": worker_id}
-                yield _image_sample(images, captions, config.caption_separator, meta)
-                images, captions, keys = [], [], []
-        num_failed = self.num_skipped - skipped_before
-        if num_failed and not num_read:
-            # An empty pass would let a training loop spin through empty epochs forever.
-            raise RuntimeError(f"{self.urls}: nothing decodable, {num_failed} members skipped; see the warnings above")
-
-
-def _record_caption(record: dict[str, Any]) -> str:
-    """The .txt member, else the caption field of the .json member (img2dataset writes both)."""
-    if "txt" in record:
-        return record["txt"].decode("utf-8").strip()
-    if "json" in record:
-        return str(json.loads(record["json"]).get("caption") or "").strip()
-    return ""
+        paths = [self.images[image] for image in order[index * config.num_frames : (index + 1) * config.num_frames]]
+        captions = [read_caption_file(path.with_suffix(".txt")) for path in paths]
+        images = [read_image(path, config.size, config.crop, generator) for path in paths]
+        meta = {"paths": [str(p) for p in paths], "index": index, "seed": config.seed, "epoch": self.epoch}
+        return image_sample(images, captions, config.caption_separator, meta)

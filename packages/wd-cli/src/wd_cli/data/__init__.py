@@ -1,0 +1,1 @@
+"""The `wd data` command group: cache (pre-tokenize), curate (own footage into clips) and inspect."""
