@@ -14,6 +14,7 @@ import dataclasses
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
 import click
 import numpy as np
@@ -34,8 +35,8 @@ from wd_stpt import STPT
 from wd_tokenizer import VQGAN, LossConfig, TrainConfig, frame_batches, get_config, train_vqgan
 
 from wd_cli.atomic import atomic_directory
+from wd_cli.devices import prefers_bf16
 from wd_cli.errors import one_line_errors
-from wd_cli.media import fit_inside
 from wd_cli.evaluation import (
     EvalConfig,
     Metric,
@@ -46,6 +47,7 @@ from wd_cli.evaluation import (
     synthetic_worlds,
     write_metrics_json,
 )
+from wd_cli.media import fit_inside
 from wd_cli.pipeline import PipelineDefaults, WorldDreamerPipeline
 from wd_cli.report import TaskResult, contact_sheet, write_index, write_task_media
 from wd_cli.text_encoders import HashTextEncoder
@@ -76,6 +78,9 @@ class QuickstartConfig:
     eval_clips: int = 32  # held-out clips per measured task (with 16 the image2video verdict moved with the clips)
     text_dim: int = 64
     seed: int = 0
+    # "auto": bf16 on a CPU with bf16 units (wd_cli.devices.prefers_bf16), else fp32; "fp32": the path of every CPU
+    # before bf16 was used (kept to measure against).
+    precision: Literal["auto", "fp32"] = "auto"
     progress: bool = True
 
     def __post_init__(self) -> None:
@@ -89,6 +94,13 @@ class QuickstartConfig:
             raise ValueError(f"size must be a multiple of 8 and >= 16 (4x downsampling, windows of 2), got {self.size}")
         if self.num_frames < 2:
             raise ValueError(f"num_frames must be >= 2, got {self.num_frames}")
+        if self.precision not in ("auto", "fp32"):
+            raise ValueError(f"precision must be 'auto' or 'fp32', got {self.precision!r}")
+
+    @property
+    def bf16(self) -> bool:
+        """Whether the training stages and generation run in bf16."""
+        return self.precision == "auto" and prefers_bf16(torch.device("cpu"))
 
     @property
     def shapes(self) -> ShapesConfig:
@@ -152,7 +164,7 @@ def tokenizer_stage(config: QuickstartConfig, deadline: Deadline) -> VQGAN:
     train = TrainConfig(steps=TOKENIZER_TRAINING["max_steps"], lr=TOKENIZER_TRAINING["lr"],
                         betas=TOKENIZER_TRAINING["betas"], weight_decay=TOKENIZER_TRAINING["weight_decay"],
                         checkpoint_every=500, log_every=50, seed=config.seed, loss=LossConfig(disc_start=10**9),
-                        time_budget_minutes=budget / 60)
+                        time_budget_minutes=budget / 60, mixed_precision="bf16" if config.bf16 else "no")
     model = train_vqgan(model, batches, train, config.out_dir / "runs" / "tokenizer", progress=config.progress)
     with atomic_directory(final) as staging:
         model.save_pretrained(staging)
@@ -186,7 +198,8 @@ def stpt_run_config(config: QuickstartConfig, caches: list[Path], minutes: float
         # Image-to-video and action-to-video start from "first frame known, the rest masked": the prefix mask.
         loss=LossSection(mask_shared=0.4, mask_prefix=0.5, mask_box=0.1),
         optim=OptimSection(lr=STPT_TRAINING["lr"], warmup_steps=STPT_TRAINING["warmup_steps"]),
-        train=TrainSection(steps=STPT_TRAINING["max_steps"], seed=config.seed, time_budget_minutes=minutes),
+        train=TrainSection(steps=STPT_TRAINING["max_steps"], seed=config.seed, time_budget_minutes=minutes,
+                           mixed_precision="bf16" if config.bf16 else "no"),
         checkpoint=CheckpointSection(every=500, keep=2),
         logging=LoggingSection(every=25),
     )
@@ -205,7 +218,7 @@ def build_pipeline(config: QuickstartConfig, deadline: Deadline) -> WorldDreamer
     pipeline_dir = config.out_dir / "pipeline"
     if pipeline_dir.is_dir():
         _stage(config, f"Reusing the trained pipeline in {pipeline_dir}")
-        return WorldDreamerPipeline.from_pretrained(pipeline_dir)
+        return WorldDreamerPipeline.from_pretrained(pipeline_dir, dtype="bf16" if config.bf16 else "fp32")
     training = deadline.training_seconds(CACHE_SECONDS + FINAL_SECONDS) / 60
     _stage(config, f"[1/5] Tokenizer: f4-small on {2 * config.tokenizer_clips} synthetic clips "
                    f"(~{TOKENIZER_SHARE * training:.1f} min)")
@@ -218,6 +231,7 @@ def build_pipeline(config: QuickstartConfig, deadline: Deadline) -> WorldDreamer
     defaults = PipelineDefaults(**SAMPLING, num_frames=config.num_frames, height=config.size, width=config.size,
                                 fps=config.shapes.fps, context_frames=min(CONTEXT_FRAMES, config.num_frames - 1))
     pipeline = WorldDreamerPipeline(tokenizer, stpt, text_encoder, defaults)
+    pipeline.to("cpu", "bf16" if config.bf16 else "fp32")
     pipeline.save_pretrained(pipeline_dir)
     return pipeline
 
@@ -303,8 +317,11 @@ def run_quickstart(config: QuickstartConfig) -> list[Metric]:
               help="Held-out clips per measured task.")
 @click.option("--seed", type=click.IntRange(min=0), default=QuickstartConfig.seed, show_default=True,
               help="Seed of the training runs (the held-out evaluation clips stay the same).")
+@click.option("--precision", type=click.Choice(["auto", "fp32"]), default=QuickstartConfig.precision,
+              show_default=True, help="auto: bf16 where the CPU has bf16 units (measured), else fp32.")
 @click.option("--no-progress", is_flag=True, help="Hide the stage lines and progress bars.")
-def quickstart(out_dir: Path, minutes: float, clips: int, eval_clips: int, seed: int, no_progress: bool) -> None:
+def quickstart(out_dir: Path, minutes: float, clips: int, eval_clips: int, seed: int, precision: str,
+               no_progress: bool) -> None:
     """Train a small world model on synthetic worlds and run every task, on the CPU, with no download.
 
     Renders the shapes and drive worlds, trains the tokenizer and a small STPT, saves the pipeline to
@@ -320,4 +337,5 @@ def quickstart(out_dir: Path, minutes: float, clips: int, eval_clips: int, seed:
     with one_line_errors():
         run_quickstart(QuickstartConfig(out_dir=out_dir, minutes=minutes, train_clips=clips,
                                         tokenizer_clips=min(clips, QuickstartConfig.tokenizer_clips),
-                                        eval_clips=eval_clips, seed=seed, progress=not no_progress))
+                                        eval_clips=eval_clips, seed=seed, precision=precision,
+                                        progress=not no_progress))

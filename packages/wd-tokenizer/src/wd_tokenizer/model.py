@@ -20,7 +20,7 @@ from einops import rearrange
 from torch import nn
 
 from wd_tokenizer.io import atomic_write_text, checkpoint_dir, read_json, read_tensors, save_module_weights
-from wd_tokenizer.modules import Decoder, Encoder
+from wd_tokenizer.modules import Decoder, Encoder, PatchEncoder
 from wd_tokenizer.quantizers import build_quantizer
 
 
@@ -50,6 +50,9 @@ class VQGANConfig:
     threshold_ema_dead_code: float = 0.0
     ema_decay: float = 0.8
     fsq_levels: list[int] | None = None  # "fsq": the codebook size is their product (num_embeddings unused)
+    # "conv": the taming / open-muse encoder; "patch": each downsample_factor-sized patch encoded on its own
+    # (modules.PatchEncoder), so that equal patches get equal codes whatever surrounds them.
+    encoder: Literal["conv", "patch"] = "conv"
 
     def __post_init__(self) -> None:
         widths = [self.hidden_channels * m for m in self.channel_mult]
@@ -57,6 +60,8 @@ class VQGANConfig:
             raise ValueError(f"every width {widths} must be a multiple of norm_groups={self.norm_groups}")
         if self.pixel_range not in ("unit", "signed"):
             raise ValueError(f"pixel_range must be 'unit' or 'signed', got {self.pixel_range!r}")
+        if self.encoder not in ("conv", "patch"):
+            raise ValueError(f"encoder must be 'conv' or 'patch', got {self.encoder!r}")
 
     @property
     def downsample_factor(self) -> int:
@@ -75,7 +80,7 @@ class VQGAN(nn.Module):
     def __init__(self, config: VQGANConfig) -> None:
         super().__init__()
         self.config = config
-        self.encoder = Encoder(config)
+        self.encoder = Encoder(config) if config.encoder == "conv" else PatchEncoder(config)
         self.decoder = Decoder(config)
         self.quant_conv = nn.Conv2d(config.z_channels, config.embed_dim, kernel_size=1)
         self.quantize = build_quantizer(config)
@@ -248,6 +253,8 @@ PRESETS: dict[str, VQGANConfig] = {
     "f8-small": VQGANConfig(channel_mult=[1, 2, 2, 4], **SMALL),
     # The quickstart's: 8x8 tokens per 32x32 frame keep the synthetic worlds' shapes and colours after ~1k steps.
     "f4-small": VQGANConfig(channel_mult=[1, 2, 4], **SMALL),
+    # f4-small with the patch encoder: the quickstart's (equal 4x4 patches, equal codes).
+    "f4-patch": VQGANConfig(channel_mult=[1, 2, 4], encoder="patch", **SMALL),
 }
 
 
