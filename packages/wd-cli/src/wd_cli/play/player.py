@@ -33,7 +33,7 @@ class DriveOptions:
     fps: float  # playback frames per second
     steps: int | None = None  # decoding steps per window (None: the pipeline's)
     frames_per_window: int | None = None  # new frames per window (None: adapt, see drive.frames_per_window)
-    max_frames: int = 4000  # the drive pauses at this length (its frames are kept for the download)
+    max_frames: int = 4000  # the drive stops at this length (its frames are kept for the download)
     settings: DriveSettings = field(default_factory=DriveSettings)
 
     def __post_init__(self) -> None:
@@ -144,12 +144,6 @@ class DrivePlayer:
         while True:
             await self._wait_until(self._wants_window)
             session, token, epoch = self._session, self._token, self._epoch
-            if session.length >= self.options.max_frames:
-                self.playing = False
-                await self.send({"type": "notice", "message": f"the drive reached {session.length} frames (--max-"
-                                 "drive-frames): download it, or reset to drive again"})
-                await self.send({"type": "playing", "playing": False})
-                continue
             frames = self.options.frames_per_window or frames_per_window(self.window_seconds, self.options.fps,
                                                                          session.most_frames)
             frames = min(frames, session.most_frames, self.options.max_frames - session.length)
@@ -167,9 +161,12 @@ class DrivePlayer:
             elapsed = self.clock() - started
             self.window_seconds = elapsed if self.window_seconds is None else (
                 _WINDOW_TIME_WEIGHT * elapsed + (1 - _WINDOW_TIME_WEIGHT) * self.window_seconds)
+            if session.length >= self.options.max_frames and epoch == self._epoch:
+                await self.send({"type": "notice", "message": f"the drive reached {session.length} frames (--max-"
+                                 "drive-frames): download it, or reset to drive again"})
 
     def _wants_window(self) -> bool:
-        return (self._session is not None and self.playing
+        return (self._session is not None and self.playing and self._session.length < self.options.max_frames
                 and should_start_window(len(self._buffer), self.options.fps, self.window_seconds))
 
     async def _show_frames(self) -> None:

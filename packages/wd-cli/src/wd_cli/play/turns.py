@@ -75,10 +75,10 @@ class ModelTurns:
                 self._condition.notify_all()
 
     @property
-    def waiting(self) -> int:
-        """Pieces of work queued behind the one running."""
+    def queued(self) -> int:
+        """Pieces of work holding or waiting for a turn."""
         with self._condition:
-            return max(0, len(self._queue) - 1)
+            return len(self._queue)
 
     def _hand_over(self, turn: Turn) -> None:
         with self._condition:
