@@ -15,6 +15,7 @@ import pytest
 from click.testing import CliRunner
 from PIL import Image
 from starlette.testclient import TestClient
+from starlette.websockets import WebSocketDisconnect
 from wd_data import read_video, write_video
 
 from wd_cli.main import cli
@@ -85,6 +86,8 @@ def test_the_page_and_a_tabs_drive(client: TestClient) -> None:
         assert "JSON object" in receive(ws, "error")["message"]
         ws.send_json({"type": "key", "key": "jump", "down": True})
         assert "unknown key" in receive(ws, "error")["message"]
+        ws.send_json({"type": "reset", "upload": "not-mine"})
+        assert "upload is gone" in receive(ws, "error")["message"]
         ws.send_json({"type": "reset", "seed": 5})
         assert receive(ws, "frame", lambda frame: frame["index"] == 0)["action"] is None
         assert receive(ws, "frame")["index"] == 1
@@ -197,6 +200,15 @@ def test_a_tab_closed_mid_task_frees_the_model(client: TestClient, server: PlayS
     assert 1 <= len(steps_run) < 19 * 30 // 2
     time.sleep(0.5)
     assert list((server.out_dir / "results").iterdir()) == []
+
+
+def test_only_the_page_itself_opens_a_tab(client: TestClient) -> None:
+    with client.websocket_connect("/ws", headers={"origin": "http://testserver"}) as ws:
+        assert receive(ws, "hello")["drive"]
+    with pytest.raises(WebSocketDisconnect) as refused:
+        with client.websocket_connect("/ws", headers={"origin": "http://evil.example"}) as ws:
+            ws.receive_json()
+    assert refused.value.code == 1008
 
 
 def test_nothing_outside_the_output_directory_is_served(client: TestClient) -> None:

@@ -60,7 +60,7 @@ def _server_modules():
 @click.option("--max-speed", type=click.FloatRange(min=0, min_open=True), default=PlayConfig.max_speed,
               show_default=True, help="Top speed (m/s) up can reach.")
 @click.option("--max-drive-frames", type=click.IntRange(min=2), default=PlayConfig.max_drive_frames, show_default=True,
-              help="A drive pauses at this many frames (they are kept for its download).")
+              help="A drive stops at this many frames (they are kept for its download).")
 @click.option("--max-upload-mb", type=click.FloatRange(min=0, min_open=True), default=PlayConfig.max_upload_mb,
               show_default=True, help="Largest upload accepted.")
 @click.option("--max-upload-pixels", type=click.IntRange(min=1), default=PlayConfig.max_upload_pixels,

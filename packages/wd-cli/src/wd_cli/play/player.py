@@ -161,6 +161,7 @@ class DrivePlayer:
             elapsed = self.clock() - started
             self.window_seconds = elapsed if self.window_seconds is None else (
                 _WINDOW_TIME_WEIGHT * elapsed + (1 - _WINDOW_TIME_WEIGHT) * self.window_seconds)
+            await self.send({"type": "window", "frames": frames, "seconds": elapsed})
             if session.length >= self.options.max_frames and epoch == self._epoch:
                 await self.send({"type": "notice", "message": f"the drive reached {session.length} frames (--max-"
                                  "drive-frames): download it, or reset to drive again"})
@@ -177,7 +178,9 @@ class DrivePlayer:
                 await asyncio.sleep(delay)
                 continue  # paused or reset meanwhile? look again
             await self._show(self._buffer.popleft())
-            due = max(due, self.clock()) + 1 / self.options.fps
+            # Keep to the frame grid when a frame went out a little late; start a new one after a stall.
+            period, now = 1 / self.options.fps, self.clock()
+            due = (due if now - due < period else now) + period
             self._changed.set()
 
     # -- helpers -------------------------------------------------------------------------------------------------

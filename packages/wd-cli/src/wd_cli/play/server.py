@@ -4,7 +4,7 @@ uploads by POST, and results and drives served from the output directory, the on
 Messages from the page: {"type": "key", "key": "left", "down": true}, {"type": "release_all"},
 {"type": "play", "playing": false}, {"type": "reset", "seed": 3} or {"type": "reset", "upload": ID},
 {"type": "task", "fields": {...TaskRequest}}, {"type": "cancel_task"}.
-To it: hello, frame, held, playing, notice, progress, result, task_state, error (see the page).
+To it: hello, frame, window, held, playing, notice, progress, result, task_state, error (see the page).
 """
 
 from __future__ import annotations
@@ -23,6 +23,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import numpy as np
 import uvicorn
@@ -82,7 +83,7 @@ def _is_disconnect(error: BaseException) -> bool:
     """A send to a page that already went away (its work is being cancelled anyway)."""
     if isinstance(error, BaseExceptionGroup):
         return all(_is_disconnect(inner) for inner in error.exceptions)
-    return isinstance(error, WebSocketDisconnect | RuntimeError | ConnectionError)
+    return isinstance(error, WebSocketDisconnect | RuntimeError | OSError)
 
 
 class PlayServer:
@@ -162,6 +163,11 @@ class PlayServer:
     # -- the tab's WebSocket -------------------------------------------------------------------------------------
 
     async def _tab_socket(self, websocket: WebSocket) -> None:
+        origin = websocket.headers.get("origin")
+        if origin is not None and urlsplit(origin).netloc != websocket.headers.get("host"):
+            # Another site's page in the user's browser may not drive (or watch) this model.
+            await websocket.close(code=1008)
+            return
         await websocket.accept()
         lock = asyncio.Lock()  # one message at a time: the drive, the task and replies all send
 
@@ -227,11 +233,15 @@ class PlayServer:
             await tab.send({"type": "error", "message": _one_line(error)})
 
     async def _reset(self, tab: Tab, message: dict) -> None:
-        if "upload" in message:
-            frame = self.uploads.get(tab.id, str(message["upload"]))[0]
-        else:
-            frame = world_frame(self.pipeline, _seed(message.get("seed", 0)))
-        await tab.player.reset(frame, seed=_seed(message.get("seed", 0)))
+        try:
+            seed = _seed(message.get("seed", 0))
+            if "upload" in message:
+                frame = self.uploads.get(tab.id, str(message["upload"]))[0]
+            else:
+                frame = world_frame(self.pipeline, seed)
+            await tab.player.reset(frame, seed=seed)
+        except ValueError as error:
+            await tab.send({"type": "error", "message": f"reset: {_one_line(error)}"})
 
     async def _run_task(self, tab: Tab, request: TaskRequest, token: CancelToken) -> None:
         loop = asyncio.get_running_loop()
