@@ -11,6 +11,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from selenium import webdriver
+from selenium.webdriver.chrome.service import Service
+from selenium.webdriver.common.action_chains import ActionChains
+from selenium.webdriver.common.by import By
+from selenium.webdriver.common.keys import Keys
+from selenium.webdriver.support.ui import Select, WebDriverWait
 from wd_data import write_video
 
 from wd_cli.play.player import DriveOptions
@@ -23,13 +29,6 @@ if CHROMIUM is None or CHROMEDRIVER is None:
         raise RuntimeError("the browser test needs Debian's chromium and chromium-driver (apt-get install chromium "
                            "chromium-driver)")
     pytest.skip("needs Debian's chromium and chromium-driver", allow_module_level=True)
-
-from selenium import webdriver  # noqa: E402 - after the skip: only where a browser can run
-from selenium.webdriver.chrome.service import Service  # noqa: E402
-from selenium.webdriver.common.action_chains import ActionChains  # noqa: E402
-from selenium.webdriver.common.by import By  # noqa: E402
-from selenium.webdriver.common.keys import Keys  # noqa: E402
-from selenium.webdriver.support.ui import Select, WebDriverWait  # noqa: E402
 
 # Without the background-networking flags Chromium's own connections are refused on a closed network and it
 # stalls; a fresh profile per test keeps runs apart.

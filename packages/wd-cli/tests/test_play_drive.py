@@ -28,7 +28,7 @@ from wd_cli.play.drive import (
     should_start_window,
     world_frame,
 )
-from wd_cli.play.turns import CancelToken, Cancelled, ModelTurns
+from wd_cli.play.turns import Cancelled, CancelToken, ModelTurns
 
 SETTINGS = DriveSettings(turn_yaw=0.05, start_speed=6.0, max_speed=12.0, acceleration=4.0)
 

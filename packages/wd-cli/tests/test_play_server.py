@@ -20,8 +20,8 @@ from wd_data import read_video, write_video
 
 from wd_cli.main import cli
 from wd_cli.media import read_actions
-from wd_cli.play.player import DriveOptions
 from wd_cli.play import server as server_module
+from wd_cli.play.player import DriveOptions
 from wd_cli.play.server import PlayServer
 from wd_cli.play.tasks import run_request
 from wd_cli.play.uploads import UploadLimits
@@ -158,7 +158,8 @@ def test_a_task_from_the_form_runs_with_progress_and_its_files_play(client: Test
     rows = np.asarray(Image.open(io.BytesIO(sheet.content)))
     assert rows.shape == (6 * 32, 3 * 32 + 4, 3)
     mask = rows[:32, 34:66].astype(int)  # frame 0's mask column: the box's tokens tinted magenta
-    assert (mask[:16, :16, 0] - mask[:16, :16, 1]).mean() > 60 and abs(mask[20:, 20:, 0] - mask[20:, 20:, 1]).mean() < 40
+    assert (mask[:16, :16, 0] - mask[:16, :16, 1]).mean() > 60  # red over green: magenta
+    assert abs(mask[20:, 20:, 0] - mask[20:, 20:, 1]).mean() < 40  # outside the box: the input as it was
     for key in ("mp4", "output", "mask", "input"):
         assert client.get(result["files"][key]).status_code == 200
     assert all(path.is_relative_to(server.out_dir) for path in server.out_dir.rglob("*"))

@@ -54,7 +54,8 @@ def _server_modules():
 @click.option("--steps", type=click.IntRange(min=1), help="Decoding steps per drive window (default: the pipeline's).")
 @click.option("--frames-per-window", type=click.IntRange(min=1),
               help="New frames per drive window (default: adapt to the machine, the fewest that keep up with --fps).")
-@click.option("--fps", type=click.FloatRange(min=0, min_open=True), help="Drive playback rate (default: the pipeline's).")
+@click.option("--fps", type=click.FloatRange(min=0, min_open=True),
+              help="Drive playback rate (default: the pipeline's).")
 @click.option("--turn-yaw", type=click.FloatRange(min=0, min_open=True), default=PlayConfig.turn_yaw, show_default=True,
               help="Yaw change (rad per frame) while left or right is held.")
 @click.option("--max-speed", type=click.FloatRange(min=0, min_open=True), default=PlayConfig.max_speed,

@@ -18,7 +18,7 @@ from PIL import Image
 
 from wd_cli.pipeline import WorldDreamerPipeline
 from wd_cli.play.drive import Action, Controls, DriveSession, DriveSettings, frames_per_window, should_start_window
-from wd_cli.play.turns import CancelToken, Cancelled, ModelTurns, Turn
+from wd_cli.play.turns import Cancelled, CancelToken, ModelTurns, Turn
 
 Send = Callable[[dict], Awaitable[None]]
 # Weight of the newest window's time in the running estimate: follows another tab starting or stopping within

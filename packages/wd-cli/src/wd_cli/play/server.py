@@ -17,7 +17,6 @@ import json
 import logging
 import secrets
 import socket
-import time
 from collections.abc import AsyncIterator, Callable, Coroutine
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -42,7 +41,7 @@ from wd_cli.pipeline import WorldDreamerPipeline
 from wd_cli.play.drive import KEYS, actions_csv, can_drive, world_frame
 from wd_cli.play.player import DriveOptions, DrivePlayer, Send, data_url, png_bytes
 from wd_cli.play.tasks import TASKS, TaskRequest, run_request, write_result
-from wd_cli.play.turns import CancelToken, Cancelled, ModelTurns
+from wd_cli.play.turns import Cancelled, CancelToken, ModelTurns
 from wd_cli.play.uploads import UploadError, UploadLimits, UploadStore, decode_upload
 
 log = logging.getLogger("wd_cli.play")
@@ -328,12 +327,3 @@ def serve(app: Starlette, listener: socket.socket, ready: Callable[[uvicorn.Serv
     server = uvicorn.Server(config)
     ready(server)
     server.run(sockets=[listener])
-
-
-def wait_started(server: uvicorn.Server, timeout: float = 30.0) -> None:
-    """Block until a server started in another thread accepts connections (TimeoutError after `timeout` s)."""
-    deadline = time.monotonic() + timeout
-    while not server.started:
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"the server did not start within {timeout} s")
-        time.sleep(0.02)
