@@ -12,7 +12,7 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 import pytest
 
-from wd_cli.play.drive import world_frame
+from wd_cli.play.drive import DriveSession, world_frame
 from wd_cli.play.player import DriveOptions, DrivePlayer
 from wd_cli.play.turns import CancelToken, ModelTurns
 
@@ -141,3 +141,28 @@ def test_closing_a_tab_takes_its_waiting_window_out_of_the_queue(tiny_pipeline) 
         assert page.frames == []
 
     _drive(tiny_pipeline, scenario, turns=turns)
+
+
+def test_a_failing_window_is_reported_and_a_reset_drives_on(tiny_pipeline, monkeypatch: pytest.MonkeyPatch) -> None:
+    calls, advance = [], DriveSession.advance
+
+    def fails_once(session: DriveSession, *args, **kwargs) -> None:
+        calls.append(len(calls))
+        if len(calls) == 1:
+            raise RuntimeError("out of memory")
+        advance(session, *args, **kwargs)
+
+    monkeypatch.setattr(DriveSession, "advance", fails_once)
+
+    async def scenario(player: DrivePlayer, page: Page) -> None:
+        await player.reset(world_frame(tiny_pipeline, 0))
+        await page.until(lambda: any(m["type"] == "error" for m in page.messages))
+        await asyncio.sleep(0.5)
+        assert [frame["index"] for frame in page.frames] == [0] and len(calls) == 1  # stopped, not retrying
+        frames, actions = player.recording()
+        assert len(frames) == len(actions) == 1
+        await player.reset(world_frame(tiny_pipeline, 1))
+        await page.until(lambda: len(page.frames) >= 5)
+
+    page = _drive(tiny_pipeline, scenario)
+    assert "the drive stopped: out of memory" in next(m["message"] for m in page.messages if m["type"] == "error")

@@ -97,6 +97,8 @@ def test_a_drive_downloads_as_mp4_and_csv_of_the_frames_shown(client: TestClient
     with client.websocket_connect("/ws") as ws:
         tab = receive(ws, "hello")["tab"]
         receive(ws, "frame", lambda frame: frame["index"] >= 4)
+        ws.send_json({"type": "play", "playing": False})  # no frame is shown between the two downloads
+        assert receive(ws, "playing")["playing"] is False
         assert client.get(f"/drive/{tab}/drive.mp4").status_code == 200
         assert client.get(f"/drive/{tab}/drive.csv").status_code == 200
         assert client.get(f"/drive/{tab}/other.txt").status_code == 404

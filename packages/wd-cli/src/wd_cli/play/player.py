@@ -78,6 +78,7 @@ class DrivePlayer:
         self.playing = True
         self.window_seconds: float | None = None  # running estimate of one window's wall time
         self._session: DriveSession | None = None
+        self._failed = False  # the drive's last window raised: no more windows until a reset
         self._epoch = 0  # bumped by reset: frames of an older drive are dropped
         self._token = CancelToken()  # cancels the current drive's work
         self._buffer: deque[ShownFrame] = deque()
@@ -91,7 +92,7 @@ class DrivePlayer:
         self._token.cancel()
         self._token, self._epoch = CancelToken(), self._epoch + 1
         token, epoch = self._token, self._epoch
-        self._session = None
+        self._session, self._failed = None, False
         self._buffer.clear()
         self._shown.clear()
         self.controls = Controls(self.options.settings, self.clock())
@@ -155,7 +156,7 @@ class DrivePlayer:
                 continue  # reset: the next window belongs to the new drive
             except Exception as error:  # a broken drive must not end the tab: report it and wait for a reset
                 if epoch == self._epoch:
-                    self._session = None
+                    self._failed = True
                     await self.send({"type": "error", "message": f"the drive stopped: {error}; reset to go on"})
                 continue
             elapsed = self.clock() - started
@@ -167,7 +168,8 @@ class DrivePlayer:
                                  "drive-frames): download it, or reset to drive again"})
 
     def _wants_window(self) -> bool:
-        return (self._session is not None and self.playing and self._session.length < self.options.max_frames
+        return (self._session is not None and not self._failed and self.playing
+                and self._session.length < self.options.max_frames
                 and should_start_window(len(self._buffer), self.options.fps, self.window_seconds))
 
     async def _show_frames(self) -> None:

@@ -155,9 +155,13 @@ class PlayServer:
         frames, actions = tab.player.recording()
         if not frames:
             return _error("nothing driven yet", 404)
-        directory = self.out_dir / "drives" / tab.id
-        await run_in_threadpool(write_drive, frames, actions, directory, self.drive.fps)
-        return FileResponse(directory / name, filename=name)
+        path = self.out_dir / "drives" / tab.id / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        if name == "drive.csv":
+            atomic_write_text(path, actions_csv(actions))
+        else:
+            await run_in_threadpool(write_frames, frames, path, self.drive.fps)
+        return FileResponse(path, filename=name)
 
     # -- the tab's WebSocket -------------------------------------------------------------------------------------
 
@@ -282,12 +286,9 @@ class PlayServer:
                         "width": frames.shape[2], "files": files})
 
 
-def write_drive(pngs: list[bytes], actions: np.ndarray, directory: Path, fps: float) -> None:
-    """directory/drive.mp4 from the PNG frames and directory/drive.csv from actions (N, 2) (`wd generate`'s CSV)."""
-    directory.mkdir(parents=True, exist_ok=True)
-    frames = (np.asarray(Image.open(io.BytesIO(png)).convert("RGB")) for png in pngs)
-    write_video(directory / "drive.mp4", frames, fps)
-    atomic_write_text(directory / "drive.csv", actions_csv(actions))
+def write_frames(pngs: list[bytes], path: Path, fps: float) -> None:
+    """A video of PNG frames (the drive as it was shown)."""
+    write_video(path, (np.asarray(Image.open(io.BytesIO(png)).convert("RGB")) for png in pngs), fps)
 
 
 def _seed(value: object) -> int:
