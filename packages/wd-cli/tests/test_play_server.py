@@ -5,8 +5,13 @@ tabs at once, a tab closed mid-task, downloads, and no way out of the output dir
 from __future__ import annotations
 
 import io
+import os
+import signal
 import struct
+import subprocess
+import sys
 import time
+import urllib.request
 import zlib
 from pathlib import Path
 
@@ -234,3 +239,22 @@ def test_wd_play_refuses_a_missing_checkpoint_and_a_taken_port_in_one_line(tiny_
         busy = runner.invoke(cli, ["play", "--checkpoint", str(tiny_pipeline_dir), "--port", str(port),
                                    "--out", str(tmp_path / "o")])
     assert busy.exit_code == 1 and f"cannot listen on 127.0.0.1:{port}" in busy.output
+
+
+def test_wd_play_serves_the_page_at_the_address_it_prints_and_stops_on_ctrl_c(tiny_pipeline_dir, tmp_path) -> None:
+    command = [sys.executable, "-m", "wd_cli", "play", "--checkpoint", str(tiny_pipeline_dir), "--port", "0",
+               "--out", str(tmp_path / "play")]
+    environment = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
+    with subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                          env=environment) as process:
+        try:
+            line = process.stdout.readline()
+            assert line.startswith("wd play: open http://127.0.0.1:"), line
+            url = line.split()[3]
+            with urllib.request.urlopen(url, timeout=30) as reply:
+                assert reply.status == 200 and b'id="view"' in reply.read()
+        finally:
+            process.send_signal(signal.SIGINT)
+            process.wait(30)
+    assert process.returncode == 0
+    assert sorted(path.name for path in (tmp_path / "play").iterdir()) == ["drives", "results", "uploads"]

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass
 from pathlib import Path
+from types import ModuleType
 
 import click
 
@@ -33,8 +35,8 @@ class PlayConfig:
     dtype: str = "auto"
 
 
-def _server_modules():
-    """The server, or a one-line error naming the extra when its libraries are not installed."""
+def _server_module() -> ModuleType:
+    """wd_cli.play.server, or a one-line error naming the extra when its libraries are not installed."""
     try:
         from wd_cli.play import server
     except ModuleNotFoundError as error:
@@ -83,7 +85,7 @@ def play(**values: object) -> None:
       wd play --checkpoint runs/pipeline --port 0 --steps 6 --out /tmp/play
     """
     config = PlayConfig(**values)
-    server = _server_modules()
+    server = _server_module()
     from wd_cli.pipeline import WorldDreamerPipeline
     from wd_cli.play.drive import DriveSettings
     from wd_cli.play.player import DriveOptions
@@ -102,4 +104,7 @@ def play(**values: object) -> None:
     if config.host not in LOCAL_HOSTS:
         click.echo(f"warning: listening on {config.host}: other machines can reach this page and use the model")
     click.echo(f"wd play: open {server.address(listener)}  (results go to {config.out}; Ctrl+C stops)")
-    server.serve(app, listener)
+    # uvicorn shuts down on Ctrl+C, then raises it again for the caller: here that is the normal way to stop.
+    with contextlib.suppress(KeyboardInterrupt):
+        server.serve(app, listener)
+    click.echo("wd play: stopped")
