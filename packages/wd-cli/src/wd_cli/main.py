@@ -12,6 +12,7 @@ SUBCOMMANDS = {
     "data": "wd_cli.data.cli:data",
     "eval": "wd_cli.evaluation:eval_command",
     "generate": "wd_cli.generate:generate",
+    "play": "wd_cli.play.cli:play",
     "quickstart": "wd_cli.quickstart:quickstart",
     "train": "wd_cli.train.cli:train",
 }
@@ -39,6 +40,7 @@ def cli() -> None:
     Example:
       wd quickstart                      # train on synthetic worlds, run every task (CPU, no download)
       wd generate --task text2video --prompt "a red circle moves up" --checkpoint wd-quickstart/pipeline --out a.gif
+      wd play --checkpoint wd-quickstart/pipeline   # drive the world live in a browser
       wd info
     """
 
