@@ -25,7 +25,7 @@ def test_from_pretrained_refuses_mismatches(tiny_model, tmp_path):
     tiny_model.save_pretrained(tmp_path)
     config = json.loads((tmp_path / "config.json").read_text())
     (tmp_path / "config.json").write_text(json.dumps({**config, "num_embeddings": 128}))
-    with pytest.raises(KeyError, match="wrong shape"):
+    with pytest.raises(ValueError, match=r"model\.safetensors: checkpoint does not match the model.*wrong shape"):
         VQGAN.from_pretrained(tmp_path)
     (tmp_path / "config.json").write_text(json.dumps({**config, "codebook_colour": "red"}))
     with pytest.raises(ValueError, match="codebook_colour"):
@@ -52,3 +52,29 @@ def test_from_pretrained_errors_name_the_file(tiny_model, tmp_path):
     (directory / "config.json").unlink()
     with pytest.raises(FileNotFoundError, match=r"config\.json not found"):
         VQGAN.from_pretrained(directory)
+
+
+@pytest.mark.parametrize(("field", "value", "message"), [
+    ("hidden_channels", "32", "VQGANConfig.hidden_channels must be an integer, got '32'"),
+    ("hidden_channels", 8.5, "VQGANConfig.hidden_channels must be an integer, got 8.5"),
+    ("no_attn_mid_block", 1, "VQGANConfig.no_attn_mid_block must be true or false, got 1"),
+    ("channel_mult", [1, "2"], "VQGANConfig.channel_mult must be list[int]"),
+    ("channel_mult", 2, "VQGANConfig.channel_mult must be list[int]"),
+    ("dropout", float("nan"), "VQGANConfig.dropout must be a finite number, got nan"),
+    ("commitment_weight", "0.25", "VQGANConfig.commitment_weight must be a finite number"),
+    ("quantizer", "pq", "VQGANConfig.quantizer must be Literal"),
+    ("fsq_levels", [8, True], "VQGANConfig.fsq_levels must be"),
+    ("norm_groups", 0, "norm_groups out of range"),
+    ("channel_mult", [], "channel_mult out of range"),
+    ("dropout", 1.0, "dropout must be in [0, 1)"),
+    ("fsq_levels", [8, 1], "fsq_levels must be a non-empty list of levels >= 2"),
+])
+def test_config_json_types_and_ranges_are_one_line_errors_naming_the_file(tiny_model, tmp_path, field, value,
+                                                                          message):
+    tiny_model.save_pretrained(tmp_path)
+    config = json.loads((tmp_path / "config.json").read_text())
+    (tmp_path / "config.json").write_text(json.dumps({**config, field: value}))
+    with pytest.raises(ValueError) as raised:
+        VQGAN.from_pretrained(tmp_path)
+    text = str(raised.value)
+    assert text.startswith(f"{tmp_path / 'config.json'}: ") and message in text and "\n" not in text

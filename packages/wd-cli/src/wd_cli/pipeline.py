@@ -20,15 +20,16 @@ import wd_masking
 from wd_masking.sampler import StepCallback
 from wd_stpt import STPT, STPTCondition
 from wd_tokenizer import VQGAN
-from wd_tokenizer.io import atomic_write_text, read_json
+from wd_tokenizer.fieldtypes import check_field_types
 
 from wd_cli.atomic import atomic_directory
 from wd_cli.devices import autocast, resolve_device, resolve_dtype
-from wd_cli.info import PACKAGES, package_version
+from wd_cli.limits import check_memory, generation_memory
 from wd_cli.media import fit_frames, fit_mask
-from wd_cli.text_encoders import CachedTextEncoder, TextEncoder, json_text, load_text_encoder, unwrap
+from wd_cli.pipeline_file import read_pipeline_file, write_pipeline_file
+from wd_cli.text_encoders import CachedTextEncoder, TextEncoder, load_text_encoder, unwrap
+from wd_cli.validation import check_actions, check_finite_weights
 
-PIPELINE_FILE = "pipeline.json"
 PARTS = ("tokenizer", "stpt", "text_encoder")
 Box = tuple[int, int, int, int]
 
@@ -50,6 +51,7 @@ class PipelineDefaults:
     stylize_mask_ratio: float = 0.5  # fraction of tokens stylization redraws
 
     def __post_init__(self) -> None:
+        check_field_types(self, "defaults")
         self.sampler_config()  # validates the sampler fields
         if min(self.num_frames, self.height, self.width) < 1 or not self.fps > 0:
             raise ValueError(f"num_frames, height, width and fps must be positive, got {self}")
@@ -108,6 +110,7 @@ class WorldDreamerPipeline:
         self.text_encoder = text_encoder if cached else CachedTextEncoder(text_encoder)
         self.device = next(stpt.parameters()).device
         self.dtype = torch.float32
+        self.memory_limit_gb: float | None = None  # None: the memory available (see limits.py)
 
     @property
     def mask_id(self) -> int:
@@ -153,6 +156,7 @@ class WorldDreamerPipeline:
         action_dim = self.stpt.config.action_dim
         if actions.ndim != 2 or actions.shape[1] != action_dim or not len(actions):
             raise ValueError(f"actions must be float (frames, {action_dim}), got shape {tuple(actions.shape)}")
+        check_actions(actions, self.stpt.config.action_scale)
         if options.setdefault("num_frames", len(actions)) != len(actions):
             raise ValueError(f"num_frames={options['num_frames']} but there are {len(actions)} action rows "
                              "(one per frame)")
@@ -214,6 +218,12 @@ class WorldDreamerPipeline:
         return self.defaults.sampler_config(**{key: value for key, value in options.items()
                                                if key not in ("num_frames", "seed", "callback")})
 
+    def check_request(self, num_frames: int, guided: bool = True,
+                      input_frames: tuple[int, int, int] | None = None) -> None:
+        """MemoryLimitError (a ValueError giving the estimate and the limit) when a request for `num_frames`
+        frames would not fit in memory (limits.py; `memory_limit_gb` overrides the limit)."""
+        check_memory(generation_memory(self, num_frames, guided, input_frames), self.device, self.memory_limit_gb)
+
     def _model_fn(self, tokens: torch.Tensor, cond: STPTCondition) -> torch.Tensor:
         with autocast(self.device, self.dtype):
             return self.stpt(tokens, cond)
@@ -250,6 +260,7 @@ class WorldDreamerPipeline:
         total = options.get("num_frames", window)
         if total < 1:
             raise ValueError(f"num_frames must be >= 1, got {total}")
+        self.check_request(total, config.guidance_scale > 0)
         first = min(window, total)
         if given is None:
             tokens, known = wd_masking.text_to_video(1, first, *self.token_shape, self.mask_id)
@@ -282,6 +293,7 @@ class WorldDreamerPipeline:
         if "num_frames" in options:
             raise TypeError("num_frames does not apply here: the input video sets the length")
         config, generator = self._config(options), generator or self._generator(options)
+        self.check_request(tokens.shape[1], config.guidance_scale > 0)
         window = self.defaults.num_frames
         chunks = [self._sample(tokens[:, start : start + window], known[:, start : start + window], prompt, None,
                                config, generator, options.get("callback"))
@@ -295,19 +307,16 @@ class WorldDreamerPipeline:
     # -- files ----------------------------------------------------------------------------------------------------
 
     def save_pretrained(self, directory: str | os.PathLike) -> None:
-        """Write directory/{tokenizer,stpt,text_encoder}/ + pipeline.json (part classes, package versions,
-        defaults), all at once: the directory appears (or is replaced) only when complete."""
+        """Write directory/{tokenizer,stpt,text_encoder}/ + pipeline.json (format version, part classes, package
+        versions, defaults, the files' checksums; see pipeline_file.py), all at once: the directory appears (or is
+        replaced) only when complete."""
         with atomic_directory(directory) as staging:
             self.tokenizer.save_pretrained(staging / "tokenizer")
             self.stpt.save_pretrained(staging / "stpt")
             self.text_encoder.save_pretrained(staging / "text_encoder")
-            config = {
-                "classes": {"tokenizer": type(self.tokenizer).__name__, "stpt": type(self.stpt).__name__,
-                            "text_encoder": type(unwrap(self.text_encoder)).__name__},
-                "versions": {package: package_version(package) for package in PACKAGES},
-                "defaults": dataclasses.asdict(self.defaults),
-            }
-            atomic_write_text(staging / PIPELINE_FILE, json_text(config))
+            classes = {"tokenizer": type(self.tokenizer).__name__, "stpt": type(self.stpt).__name__,
+                       "text_encoder": type(unwrap(self.text_encoder)).__name__}
+            write_pipeline_file(staging, classes, dataclasses.asdict(self.defaults))
 
     @classmethod
     def from_pretrained(
@@ -315,39 +324,46 @@ class WorldDreamerPipeline:
         directory: str | os.PathLike,
         device: str | torch.device | None = None,
         dtype: str | torch.dtype | None = None,
+        memory_limit_gb: float | None = None,
     ) -> WorldDreamerPipeline:
-        """Load a directory written by `save_pretrained` onto `device` (see `to`); a missing or malformed part,
-        or parts that do not fit together, raise a one-line FileNotFoundError / ValueError naming the file."""
+        """Load a directory written by `save_pretrained` onto `device` (see `to`); a missing, malformed or damaged
+        part, weights holding NaN/inf, parts that do not fit together, or defaults whose one window would not fit
+        in memory (`memory_limit_gb`, see limits.py) raise a one-line FileNotFoundError / ValueError naming the
+        file."""
         directory = Path(directory)
         if not directory.is_dir():
             raise FileNotFoundError(f"pipeline directory {directory} does not exist")
-        path = directory / PIPELINE_FILE
-        config = read_json(path)
-        expected = {"tokenizer": VQGAN.__name__, "stpt": STPT.__name__}
-        classes = config.get("classes")
-        if not isinstance(classes, dict) or any(classes.get(part) != name for part, name in expected.items()):
-            raise ValueError(f"{path}: 'classes' must name tokenizer {expected['tokenizer']} and stpt "
-                             f"{expected['stpt']}, got {classes!r}")
-        try:
-            defaults = PipelineDefaults.from_dict(config.get("defaults", {}))
-        except (TypeError, ValueError) as error:
-            raise ValueError(f"{path}: bad defaults: {error}") from None
         for part in PARTS:
             if not (directory / part).is_dir():
                 raise FileNotFoundError(f"{directory / part} is missing; a pipeline directory holds "
                                         f"{', '.join(PARTS)}")
+        classes, defaults = read_pipeline_file(directory, PipelineDefaults.from_dict)
+        expected = {"tokenizer": VQGAN.__name__, "stpt": STPT.__name__}
+        if any(classes.get(part) != name for part, name in expected.items()):
+            raise ValueError(f"{directory / 'pipeline.json'}: 'classes' must name tokenizer {expected['tokenizer']} "
+                             f"and stpt {expected['stpt']}, got {classes!r}")
         target = resolve_device(device)
         tokenizer = VQGAN.from_pretrained(directory / "tokenizer", device=target)
         stpt = STPT.from_pretrained(directory / "stpt", device=target)
         text_encoder = load_text_encoder(directory / "text_encoder", device=target)
         if classes.get("text_encoder") != type(text_encoder).__name__:
-            raise ValueError(f"{path} names text encoder {classes.get('text_encoder')!r}, but "
+            raise ValueError(f"{directory / 'pipeline.json'} names text encoder {classes.get('text_encoder')!r}, but "
                              f"{directory / 'text_encoder'} holds a {type(text_encoder).__name__}")
+        modules = {"tokenizer": tokenizer, "stpt": stpt, "text_encoder": getattr(text_encoder, "model", None)}
+        for part, module in modules.items():
+            if isinstance(module, torch.nn.Module):
+                check_finite_weights(module, directory / part)
         try:
             pipeline = cls(tokenizer, stpt, text_encoder, defaults)
         except ValueError as error:
             raise ValueError(f"{directory}: {error}") from None
-        return pipeline.to(target, dtype)
+        pipeline.memory_limit_gb = memory_limit_gb
+        pipeline.to(target, dtype)
+        try:
+            pipeline.check_request(defaults.num_frames)
+        except ValueError as error:
+            raise ValueError(f"{directory / 'pipeline.json'}: its defaults ask for too much: {error}") from None
+        return pipeline
 
 
 def _check_parts(tokenizer: VQGAN, stpt: STPT, text_encoder: TextEncoder, defaults: PipelineDefaults) -> None:

@@ -19,6 +19,7 @@ import torch
 from einops import rearrange
 from torch import nn
 
+from wd_tokenizer.fieldtypes import check_field_types
 from wd_tokenizer.io import atomic_write_text, checkpoint_dir, read_json, read_tensors, save_module_weights
 from wd_tokenizer.modules import Decoder, Encoder
 from wd_tokenizer.quantizers import build_quantizer
@@ -52,11 +53,20 @@ class VQGANConfig:
     fsq_levels: list[int] | None = None  # "fsq": the codebook size is their product (num_embeddings unused)
 
     def __post_init__(self) -> None:
+        check_field_types(self)
+        positive = ("hidden_channels", "resolution", "z_channels", "embed_dim", "num_embeddings", "norm_groups")
+        small = {name: getattr(self, name) for name in positive if getattr(self, name) < 1}
+        if small or self.num_res_blocks < 0 or min(self.channel_mult, default=0) < 1:
+            raise ValueError(f"{', '.join(small) or 'num_res_blocks or channel_mult'} out of range: the sizes must "
+                             f"be >= 1 (num_res_blocks >= 0, channel_mult a non-empty list), got {self}")
         widths = [self.hidden_channels * m for m in self.channel_mult]
-        if not self.channel_mult or any(w % self.norm_groups for w in widths):
+        if any(w % self.norm_groups for w in widths):
             raise ValueError(f"every width {widths} must be a multiple of norm_groups={self.norm_groups}")
-        if self.pixel_range not in ("unit", "signed"):
-            raise ValueError(f"pixel_range must be 'unit' or 'signed', got {self.pixel_range!r}")
+        if not 0 <= self.dropout < 1 or self.commitment_weight < 0 or not 0 <= self.ema_decay <= 1:
+            raise ValueError(f"dropout must be in [0, 1), commitment_weight >= 0 and ema_decay in [0, 1], got "
+                             f"{self.dropout}, {self.commitment_weight}, {self.ema_decay}")
+        if self.fsq_levels is not None and min(self.fsq_levels, default=0) < 2:
+            raise ValueError(f"fsq_levels must be a non-empty list of levels >= 2, got {self.fsq_levels}")
 
     @property
     def downsample_factor(self) -> int:
@@ -183,9 +193,16 @@ class VQGAN(nn.Module):
     def from_pretrained(cls, directory: str | Path, device: str | torch.device = "cpu") -> VQGAN:
         """Load a directory written by `save_pretrained` (strict: every tensor must match)."""
         directory = checkpoint_dir(directory)
-        config = config_from_dict(read_json(directory / "config.json"))
+        values = read_json(directory / "config.json")
+        try:
+            config = config_from_dict(values)
+        except ValueError as error:
+            raise ValueError(f"{directory / 'config.json'}: {error}") from None
         model = cls(config)
-        load_state_dict_strict(model, read_tensors(directory / "model.safetensors", device=device))
+        try:
+            load_state_dict_strict(model, read_tensors(directory / "model.safetensors", device=device))
+        except KeyError as error:
+            raise ValueError(f"{directory / 'model.safetensors'}: {error.args[0]}") from None
         return model.to(device).eval()
 
 

@@ -7,7 +7,9 @@ from functools import wraps
 from typing import Any
 
 import click
+from wd_tokenizer.nonfinite import TrainingDiverged
 
+from wd_cli.errors import one_line, one_line_warnings
 from wd_cli.train.config import STPTRunConfig
 from wd_cli.train.configfile import ConfigError, load_config
 from wd_cli.train.export import export_run
@@ -23,15 +25,18 @@ run_dir_argument = click.argument("run_dir", type=click.Path(file_okay=False))
 
 
 def config_errors_in_one_line(command: Callable[..., Any]) -> Callable[..., Any]:
-    """Turn configuration mistakes (ConfigError) into one-line click errors; other errors keep their traceback,
-    since mid-training they are bugs to report, not user mistakes. Closes the process group either way."""
+    """Turn what the user or the machine must fix into one-line click errors: configuration mistakes
+    (ConfigError), files that cannot be read or written (OSError: a full disk, a busy run directory, a damaged
+    file), a diverged run. Other errors keep their traceback, since mid-training they are bugs to report.
+    Warnings print as one line; the process group is closed either way."""
 
     @wraps(command)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         try:
-            return command(*args, **kwargs)
-        except ConfigError as error:
-            raise click.ClickException(str(error)) from None
+            with one_line_warnings():
+                return command(*args, **kwargs)
+        except (ConfigError, OSError, EOFError, TrainingDiverged) as error:
+            raise click.ClickException(one_line(error)) from None
         finally:
             close_distributed()
 
