@@ -107,6 +107,10 @@ def check_memory(estimate: MemoryEstimate, device: torch.device, limit_gb: float
     for need, limit, kind in needs:
         if need > limit:
             raise MemoryLimitError(
-                f"this request needs about {need / GIB:.1f} GiB of {kind} ({estimate.what}), over the limit of "
-                f"{limit / GIB:.1f} GiB; ask for fewer frames or a smaller size, or set the limit (--memory-limit, "
+                f"this request needs about {_size(need)} of {kind} ({estimate.what}), over the limit of "
+                f"{_size(limit)}; ask for fewer frames or a smaller size, or set the limit (--memory-limit, "
                 f"{ENV_LIMIT}, memory_limit_gb)")
+
+
+def _size(count: int) -> str:
+    return f"{count / GIB:.1f} GiB" if count >= GIB / 10 else f"{count / 1024**2:.1f} MiB"

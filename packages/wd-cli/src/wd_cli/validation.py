@@ -25,6 +25,8 @@ if TYPE_CHECKING:
 # Actions reach the action MLP divided by STPTConfig.action_scale; a million times their typical size overflows
 # bfloat16/float32 activations (1e30 did), and no real action is that large.
 MAX_ACTION = 1e4
+SAMPLER_FLAGS = {"steps": "--steps", "guidance_scale": "--guidance", "temperature": "--temperature",
+                 "top_k": "--top-k"}
 
 
 class FiniteFloatRange(click.FloatRange):
@@ -83,8 +85,13 @@ def check_generation(pipeline: WorldDreamerPipeline, args: GenerateArgs) -> None
     """After loading the pipeline, before sampling: the fps it writes at, the sampler settings, and the memory
     of the request (the input video's size probed, not decoded)."""
     check_video_fps(args.out, args.fps or pipeline.defaults.fps)
-    config = pipeline.defaults.sampler_config(steps=args.steps, guidance_scale=args.guidance,
-                                              temperature=args.temperature, top_k=args.top_k)
+    flags = {"steps": args.steps, "guidance_scale": args.guidance, "temperature": args.temperature,
+             "top_k": args.top_k}
+    try:
+        config = pipeline.defaults.sampler_config(**flags)
+    except ValueError as error:  # name the flag the user gave (the sampler names its field)
+        given = [name for name in flags if str(error).startswith(name) and flags[name] is not None]
+        raise ValueError(f"{SAMPLER_FLAGS[given[0]]}: {error}" if given else f"pipeline defaults: {error}") from None
     input_frames = None
     if args.video is not None:
         info = probe_video(args.video)

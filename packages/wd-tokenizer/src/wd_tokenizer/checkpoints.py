@@ -86,9 +86,13 @@ def staged_checkpoint(run_dir: str | Path, step: int) -> Iterator[Path]:
 
 
 def prune(run_dir: str | Path, keep: int) -> None:
-    """Discard all but the newest `keep` checkpoints."""
+    """Discard all but the newest `keep` checkpoints; CheckpointWriteError when one cannot be renamed away."""
     for old in checkpoint_dirs(run_dir)[:-keep]:
-        discard(old)
+        try:
+            discard(old)
+        except OSError as error:
+            raise CheckpointWriteError(f"cannot remove old checkpoint {old}: {write_reason(error)}; the newer "
+                                       "checkpoints are kept") from error
 
 
 def verify_checkpoint(directory: str | Path) -> None:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import stat
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -52,12 +53,18 @@ def write_error(path: str | Path, error: BaseException) -> OSError:
 
 
 def write_reason(error: BaseException) -> str:
-    """Why a write failed: the first OSError in the error's chain (torch.save and safetensors wrap the system's
-    error in their own), else the error's first line."""
+    """Why a write failed, in the system's words: the first OSError in the error's chain (torch.save and
+    safetensors wrap the system's error in their own; safetensors only as "os error N"), else the first line of the
+    innermost error (the outer ones may name a temporary file)."""
     cause: BaseException | None = error
-    while cause is not None and not (isinstance(cause, OSError) and cause.strerror):
-        cause = cause.__cause__ or cause.__context__
-    return cause.strerror if cause is not None else first_line(error)
+    while cause is not None:
+        number = re.search(r"os error (\d+)", str(cause))
+        if isinstance(cause, OSError) and cause.strerror:
+            return cause.strerror
+        if number:
+            return os.strerror(int(number.group(1)))
+        error, cause = cause, cause.__cause__ or cause.__context__
+    return first_line(error)
 
 
 def first_line(error: BaseException) -> str:
