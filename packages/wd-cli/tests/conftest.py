@@ -1,4 +1,5 @@
-"""Shared tiny parts, built once per session: a saved tiny T5 and a tiny pipeline (plus its saved directory).
+"""Shared tiny parts, built once per session: a saved tiny T5, a tiny pipeline (plus its saved directory) and a
+tiny token cache with a training config for it.
 
 Session-scoped objects are shared by every test: use them, never modify them (no `.to`, no new weights).
 """
@@ -86,3 +87,36 @@ def without_checksums():
         return directory
 
     return strip
+
+
+@pytest.fixture(scope="session")
+def shapes_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A token cache of 8 shapes clips of 2 x 4 x 4 tokens (a pixel subsample stands in for the tokenizer),
+    codebook 16, 8-dim caption embeddings."""
+    from wd_data import ShapesConfig, ShapesDataset, write_token_cache
+
+    encoder = HashTextEncoder(dim=8)
+    dataset = ShapesDataset(ShapesConfig(height=16, width=16, num_frames=2, min_size=0.15), seeds=range(8))
+    return write_token_cache(dataset, lambda frames: torch.as_tensor(frames)[:, ::4, ::4, 0].long() // 16,
+                             tmp_path_factory.mktemp("shapes-cache"), samples_per_shard=4, progress=False,
+                             metadata={"codebook_size": 16}, encode_text=lambda caption: encoder.encode([caption])[0][0])
+
+
+@pytest.fixture(scope="session")
+def tiny_run_config(shapes_cache: Path):
+    """A function: steps (and keyword overrides of the sections) -> an STPTRunConfig training a width-32 STPT on
+    `shapes_cache` at a constant lr (so runs of different lengths agree step by step), a checkpoint every step
+    (3 kept), metrics every step."""
+    from wd_cli.train import (CheckpointSection, DataSection, LoggingSection, ModelSection, OptimSection,
+                              SourceConfig, STPTRunConfig, TrainSection)
+
+    def make(steps: int, **sections) -> STPTRunConfig:
+        defaults = dict(data=DataSection([SourceConfig("token_cache", str(shapes_cache))], batch_size=2),
+                        model=ModelSection(overrides={"width": 32, "depth": 2, "num_heads": 2, "position_frames": 2,
+                                                      "position_height": 4, "position_width": 4}),
+                        optim=OptimSection(lr=3e-3, warmup_steps=1, schedule="constant"),
+                        train=TrainSection(steps=steps),
+                        checkpoint=CheckpointSection(every=1, keep=3), logging=LoggingSection(every=1))
+        return STPTRunConfig(**{**defaults, **sections})
+
+    return make

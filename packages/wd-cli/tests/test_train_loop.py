@@ -16,6 +16,7 @@ from click.testing import CliRunner
 from safetensors.torch import load_file
 from wd_data import DriveConfig, DriveDataset, ShapesConfig, ShapesDataset, write_token_cache
 from wd_stpt import STPT
+from wd_tokenizer.checkpoints import checkpoint_dirs
 
 from wd_cli.main import cli
 from wd_cli.pipeline import WorldDreamerPipeline
@@ -32,7 +33,7 @@ from wd_cli.train import (
     TrainSection,
     train_stpt,
 )
-from wd_cli.train.checkpoint import TRAINER_STATE, latest_checkpoint
+from wd_cli.train.checkpoint import TRAINER_STATE
 from wd_cli.train.configfile import dump_yaml
 from wd_cli.train.metrics import MetricsLog
 
@@ -76,6 +77,10 @@ def run_config(caches: dict[str, Path], steps: int = 6, worlds: tuple[str, ...] 
         logging=LoggingSection(every=1),
     )
     return STPTRunConfig(**{**defaults, **sections})
+
+
+def latest_checkpoint(run_dir: Path) -> Path:
+    return checkpoint_dirs(run_dir)[-1]
 
 
 def checkpoint_state(run_dir: Path) -> tuple[dict[str, torch.Tensor], dict]:

@@ -26,13 +26,7 @@ from torch.distributed.checkpoint.state_dict import (
 )
 from torch.optim.swa_utils import AveragedModel
 from wd_stpt import STPT, STPTConfig
-from wd_tokenizer.checkpoints import (
-    CheckpointWriteError,
-    checkpoint_dirs,
-    prune,
-    staged_checkpoint,
-    verify_checkpoint,
-)
+from wd_tokenizer.checkpoints import CheckpointWriteError, prune, staged_checkpoint, verify_checkpoint
 from wd_tokenizer.io import first_line, read_state, read_tensors
 from wd_tokenizer.nonfinite import TrainingDiverged, first_non_finite
 
@@ -42,12 +36,6 @@ from wd_cli.train.parallel import DistributedEnv, any_rank
 TRAINER_STATE = "trainer_state.pt"
 STATE_KEYS = ("step", "optimizer", "scheduler", "data", "rng")
 FULL = StateDictOptions(full_state_dict=True, cpu_offload=True)
-
-
-def latest_checkpoint(run_dir: str | Path) -> Path | None:
-    """The newest complete checkpoint of `run_dir`, or None."""
-    found = checkpoint_dirs(Path(run_dir))
-    return found[-1] if found else None
 
 
 def _rng_state(device: torch.device) -> dict[str, torch.Tensor]:
