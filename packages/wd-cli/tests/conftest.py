@@ -120,3 +120,14 @@ def tiny_run_config(shapes_cache: Path):
         return STPTRunConfig(**{**defaults, **sections})
 
     return make
+
+
+@pytest.fixture(scope="session")
+def run_parts(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    """(tokenizer, text encoder) directories that fit `shapes_cache` (16 codes over 4x4 tokens of 16x16 frames,
+    8-dim text), for exporting a run trained on it."""
+    torch.manual_seed(0)
+    root = tmp_path_factory.mktemp("run-parts")
+    VQGAN(tokenizer_config("f4-small", fsq_levels=[4, 4])).save_pretrained(root / "tokenizer")
+    HashTextEncoder(dim=8).save_pretrained(root / "text_encoder")
+    return root / "tokenizer", root / "text_encoder"

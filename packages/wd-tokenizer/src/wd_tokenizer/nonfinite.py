@@ -5,7 +5,7 @@ each checkpoint so that none ever holds NaN or inf."""
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
 import torch
@@ -23,6 +23,20 @@ def first_non_finite(named_tensors: Iterable[tuple[str, torch.Tensor]]) -> str |
         if local.is_floating_point() and not bool(torch.isfinite(local).all()):
             return name
     return None
+
+
+@torch.no_grad()
+def buffer_snapshot(*modules: torch.nn.Module) -> Callable[[], None]:
+    """Copy the buffers of `modules` (BatchNorm statistics, EMA codebooks: a forward pass updates them); -> a
+    function that puts the copies back, so that a skipped step leaves them as they were too."""
+    saved = [(buffer, buffer.clone()) for module in modules for buffer in module.buffers()]
+
+    @torch.no_grad()
+    def restore() -> None:
+        for buffer, copy in saved:
+            buffer.copy_(copy)
+
+    return restore
 
 
 def all_finite(*values: float) -> bool:

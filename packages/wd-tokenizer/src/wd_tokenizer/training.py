@@ -26,7 +26,7 @@ from wd_tokenizer.io import atomic_write_text, read_state, read_tensors, save_mo
 from wd_tokenizer.losses import LossConfig, VQGANLoss
 from wd_tokenizer.metrics import code_histogram, codebook_perplexity, codebook_usage
 from wd_tokenizer.model import VQGAN, load_state_dict_strict
-from wd_tokenizer.nonfinite import SkippedSteps, TrainingDiverged, all_finite, first_non_finite
+from wd_tokenizer.nonfinite import SkippedSteps, TrainingDiverged, all_finite, buffer_snapshot, first_non_finite
 from wd_tokenizer.runlock import hold_run_directory
 
 BatchFn = Callable[[int], torch.Tensor]
@@ -135,6 +135,8 @@ class Trainer:
         logs: dict[str, float] = {}
         pairs = []
         total = torch.zeros((), device=self.device)
+        codes = torch.zeros_like(self.codes)
+        restore_buffers = buffer_snapshot(model, disc)
         disc.requires_grad_(False)  # the generator pass must not leave gradients on the discriminator
         for micro in range(c.grad_accumulation):
             pixels = batch_fn(self.step * c.grad_accumulation + micro).to(self.device)
@@ -143,12 +145,14 @@ class Trainer:
                 loss, micro_logs = self.loss.generator_loss(pixels, output, model.decoder.conv_out.weight, self.step)
             (loss / c.grad_accumulation).backward()
             total += loss.detach().float() / c.grad_accumulation
-            self.codes += code_histogram(output.ids.detach().cpu(), model.codebook_size)
+            codes = codes + code_histogram(output.ids.detach().cpu(), model.codebook_size)
             for key, value in micro_logs.items():
                 logs[key] = logs.get(key, 0.0) + value / c.grad_accumulation
             if gan_on:
                 pairs.append((pixels, output.reconstruction.detach()))
         skipped = not self._apply(self.opt_g, float(total), model)
+        if not skipped:
+            self.codes += codes
         disc.requires_grad_(True)
         d_total = torch.zeros((), device=self.device)
         for pixels, reconstruction in pairs if not skipped else []:
@@ -159,6 +163,8 @@ class Trainer:
         if pairs and not skipped:
             logs["disc"] = float(d_total)
             skipped = not self._apply(self.opt_d, logs["disc"], disc)
+        if skipped:
+            restore_buffers()
         self.step += 1
         self.skipped.record(skipped, self.step, {"loss": float(total), **({"disc": logs["disc"]} if "disc" in logs
                                                                            else {})})
