@@ -24,7 +24,7 @@ from wd_tokenizer.fieldtypes import check_field_types
 
 from wd_cli.atomic import atomic_directory
 from wd_cli.devices import autocast, resolve_device, resolve_dtype
-from wd_cli.limits import check_memory, generation_memory
+from wd_cli.limits import MemoryLimitError, check_memory, generation_memory
 from wd_cli.media import fit_frames, fit_mask
 from wd_cli.pipeline_file import read_pipeline_file, write_pipeline_file
 from wd_cli.text_encoders import CachedTextEncoder, TextEncoder, load_text_encoder, unwrap
@@ -361,7 +361,7 @@ class WorldDreamerPipeline:
         pipeline.to(target, dtype)
         try:
             pipeline.check_request(defaults.num_frames)
-        except ValueError as error:
+        except MemoryLimitError as error:
             raise ValueError(f"{directory / 'pipeline.json'}: its defaults ask for too much: {error}") from None
         return pipeline
 

@@ -46,6 +46,9 @@ def check_output_file(path: Path, option: str) -> None:
     existing or creatable (it is created now), writable (probed with a real file, so read-only mounts count)."""
     if path.is_dir():
         raise ValueError(f"{option} {path}: is a directory")
+    existing = next(parent for parent in path.absolute().parents if parent.exists())
+    if not existing.is_dir():
+        raise ValueError(f"{option} {path}: {existing} is a file, not a folder")
     probe = path.with_name(f".{path.name}.probe-{uuid.uuid4().hex[:8]}")
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
