@@ -99,7 +99,8 @@ def shapes_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
     dataset = ShapesDataset(ShapesConfig(height=16, width=16, num_frames=2, min_size=0.15), seeds=range(8))
     return write_token_cache(dataset, lambda frames: torch.as_tensor(frames)[:, ::4, ::4, 0].long() // 16,
                              tmp_path_factory.mktemp("shapes-cache"), samples_per_shard=4, progress=False,
-                             metadata={"codebook_size": 16}, encode_text=lambda caption: encoder.encode([caption])[0][0])
+                             metadata={"codebook_size": 16},
+                             encode_text=lambda caption: encoder.encode([caption])[0][0])
 
 
 @pytest.fixture(scope="session")

@@ -87,13 +87,15 @@ def reference_tokens(tiny_pipeline_dir: Path, tmp_path_factory) -> np.ndarray:
     return np.load(out / "t.npy")
 
 
-@pytest.mark.parametrize("name", ["pipeline.json", "stpt/config.json", "stpt/model.safetensors", "tokenizer/config.json",
-                                  "tokenizer/model.safetensors", "text_encoder/config.json"])
+PIPELINE_FILES = ["pipeline.json", "stpt/config.json", "stpt/model.safetensors", "tokenizer/config.json",
+                  "tokenizer/model.safetensors", "text_encoder/config.json"]
+
+
+@pytest.mark.parametrize("name", PIPELINE_FILES)
 def test_every_damage_to_a_pipeline_file_is_one_line_or_harmless(tiny_pipeline_dir, reference_tokens, tmp_path,
                                                                   name):
-    assert sorted(str(p.relative_to(tiny_pipeline_dir)) for p in tiny_pipeline_dir.rglob("*.*")) == sorted(
-        ["pipeline.json", "stpt/config.json", "stpt/model.safetensors", "tokenizer/config.json",
-         "tokenizer/model.safetensors", "text_encoder/config.json"])  # every file is covered
+    files = sorted(str(path.relative_to(tiny_pipeline_dir)) for path in tiny_pipeline_dir.rglob("*.*"))
+    assert files == sorted(PIPELINE_FILES)  # every file is covered
     outcomes = {}
     for index, (damage, data) in enumerate(damages(tiny_pipeline_dir / name)):
         broken, out = tmp_path / f"pipe{index}", tmp_path / f"out{index}"

@@ -223,7 +223,8 @@ def nan_on_rank_1_at_step_2(self, model, batch, masks, rank, world_size):
     return (loss * math.nan if rank == 1 and calls[0] == 2 else loss), accuracy
 MaskedTokenObjective.__call__ = nan_on_rank_1_at_step_2
 model = train_stpt(load_config(STPTRunConfig, sys.argv[1]), sys.argv[2], progress=False)
-save_file({k: v.contiguous() for k, v in model.state_dict().items()}, f"{sys.argv[2]}/rank{torch.distributed.get_rank()}.st")
+rank = torch.distributed.get_rank()
+save_file({k: v.contiguous() for k, v in model.state_dict().items()}, f"{sys.argv[2]}/rank{rank}.st")
 """
 
 

@@ -30,6 +30,7 @@ from wd_cli.main import cli
 from wd_cli.media import read_frames
 from wd_cli.pipeline import WorldDreamerPipeline
 from wd_cli.train.checkpoint import read_checkpoint, save_checkpoint
+from wd_cli.train.configfile import dump_yaml
 from wd_cli.train.parallel import DistributedEnv
 
 FILE_OPERATIONS = ((os, "replace"), (os, "rename"), (os, "mkdir"), (builtins, "open"), (io, "open"))
@@ -225,18 +226,8 @@ def test_a_video_past_a_file_size_limit_names_the_users_file(tiny_pipeline_dir, 
     assert list(tmp_path.iterdir()) == []
 
 
-def test_a_checkpoint_that_cannot_be_written_stops_training_in_one_line(tmp_path, monkeypatch):
-    from wd_data import ShapesConfig, ShapesDataset, write_token_cache
-
-    from wd_cli.train import DataSection, SourceConfig, STPTRunConfig
-    from wd_cli.train.configfile import dump_yaml
-
-    dataset = ShapesDataset(ShapesConfig(height=16, width=16, num_frames=2, min_size=0.15), seeds=range(4))
-    cache = write_token_cache(dataset, lambda frames: torch.as_tensor(frames)[:, ::4, ::4, 0].long() // 16,
-                              tmp_path / "cache", progress=False, metadata={"codebook_size": 16})
-    config = STPTRunConfig(DataSection([SourceConfig("token_cache", str(cache))], batch_size=2))
-    text = dump_yaml(config).replace("steps: 10000", "steps: 2").replace("every: 1000", "every: 1")
-    (tmp_path / "run.yaml").write_text(text.replace("overrides: {}", "overrides: {width: 32, depth: 2, num_heads: 2}"))
+def test_a_checkpoint_that_cannot_be_written_stops_training_in_one_line(tiny_run_config, tmp_path, monkeypatch):
+    (tmp_path / "run.yaml").write_text(dump_yaml(tiny_run_config(2)))
     args = ["train", "stpt", "-c", str(tmp_path / "run.yaml"), "--no-progress", str(tmp_path / "run")]
     real_save = torch.save
     saves = [0]

@@ -126,8 +126,9 @@ def test_actions_that_overflow_the_model_are_refused(tiny_pipeline, tiny_pipelin
     Image = pytest.importorskip("PIL.Image")
     Image.fromarray(image).save(tmp_path / "first.png")
     (tmp_path / "actions.csv").write_text("1e30,0\n0,0\n")
-    code, lines = run("--task", "action2video", "--image", tmp_path / "first.png", "--actions", tmp_path / "actions.csv",
-                      "--checkpoint", tiny_pipeline_dir, "--out", tmp_path / "o.mp4", "--no-progress")
+    code, lines = run("--task", "action2video", "--image", tmp_path / "first.png", "--actions",
+                      tmp_path / "actions.csv", "--checkpoint", tiny_pipeline_dir, "--out", tmp_path / "o.mp4",
+                      "--no-progress")
     assert code == 1 and len(lines) == 1 and "actions must be at most 10000 times" in lines[0], lines
 
 

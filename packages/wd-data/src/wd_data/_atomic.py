@@ -21,7 +21,8 @@ def atomic_path(path: str | os.PathLike) -> Iterator[str]:
     """Yield a temporary path with the same suffix (writers pick formats by suffix); rename it to `path` on
     success, delete it on failure, so readers never see a partial file.
 
-    The file ends with the mode a plain write gives: the umask's, or the old file's when it replaces one. A failed write is an OSError naming `path`, never the temporary file."""
+    The file ends with the mode a plain write gives: the umask's, or the old file's when it replaces one. A failed
+    write is an OSError naming `path`, never the temporary file."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     temporary = str(path.with_name(f".{path.stem}.{uuid.uuid4().hex[:8]}{path.suffix}"))
