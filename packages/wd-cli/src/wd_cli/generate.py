@@ -11,7 +11,7 @@ from tqdm import tqdm
 from wd_data import read_image, write_video
 from wd_tokenizer.io import atomic_writer
 
-from wd_cli.errors import one_line_errors, one_line_warnings
+from wd_cli.errors import one_line_errors
 from wd_cli.media import read_actions, read_frames, read_mask
 from wd_cli.pipeline import Box, Generation, SamplingOptions, WorldDreamerPipeline
 from wd_cli.validation import FiniteFloatRange, check_generation, check_outputs
@@ -163,7 +163,7 @@ def generate(**values: object) -> None:
     """
     args = GenerateArgs(**values)
     check_args(args)
-    with one_line_errors(), one_line_warnings():
+    with one_line_errors():
         check_outputs(args)
         pipeline = WorldDreamerPipeline.from_pretrained(args.checkpoint, device=args.device, dtype=args.dtype,
                                                         memory_limit_gb=args.memory_limit)

@@ -26,7 +26,7 @@ from wd_cli.atomic import atomic_directory
 from wd_cli.devices import autocast, resolve_device, resolve_dtype
 from wd_cli.limits import MemoryLimitError, check_memory, generation_memory
 from wd_cli.media import fit_frames, fit_mask
-from wd_cli.pipeline_file import read_pipeline_file, write_pipeline_file
+from wd_cli.pipeline_file import PIPELINE_FILE, read_pipeline_file, write_pipeline_file
 from wd_cli.text_encoders import CachedTextEncoder, TextEncoder, load_text_encoder, unwrap
 from wd_cli.validation import check_actions, check_finite_weights
 
@@ -340,14 +340,14 @@ class WorldDreamerPipeline:
         classes, defaults = read_pipeline_file(directory, PipelineDefaults.from_dict)
         expected = {"tokenizer": VQGAN.__name__, "stpt": STPT.__name__}
         if any(classes.get(part) != name for part, name in expected.items()):
-            raise ValueError(f"{directory / 'pipeline.json'}: 'classes' must name tokenizer {expected['tokenizer']} "
+            raise ValueError(f"{directory / PIPELINE_FILE}: 'classes' must name tokenizer {expected['tokenizer']} "
                              f"and stpt {expected['stpt']}, got {classes!r}")
         target = resolve_device(device)
         tokenizer = VQGAN.from_pretrained(directory / "tokenizer", device=target)
         stpt = STPT.from_pretrained(directory / "stpt", device=target)
         text_encoder = load_text_encoder(directory / "text_encoder", device=target)
         if classes.get("text_encoder") != type(text_encoder).__name__:
-            raise ValueError(f"{directory / 'pipeline.json'} names text encoder {classes.get('text_encoder')!r}, but "
+            raise ValueError(f"{directory / PIPELINE_FILE} names text encoder {classes.get('text_encoder')!r}, but "
                              f"{directory / 'text_encoder'} holds a {type(text_encoder).__name__}")
         modules = {"tokenizer": tokenizer, "stpt": stpt, "text_encoder": getattr(text_encoder, "model", None)}
         for part, module in modules.items():
@@ -362,7 +362,7 @@ class WorldDreamerPipeline:
         try:
             pipeline.check_request(defaults.num_frames)
         except MemoryLimitError as error:
-            raise ValueError(f"{directory / 'pipeline.json'}: its defaults ask for too much: {error}") from None
+            raise ValueError(f"{directory / PIPELINE_FILE}: its defaults ask for too much: {error}") from None
         return pipeline
 
 

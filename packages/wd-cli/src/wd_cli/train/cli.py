@@ -9,7 +9,7 @@ from typing import Any
 import click
 from wd_tokenizer.nonfinite import TrainingDiverged
 
-from wd_cli.errors import one_line, one_line_warnings
+from wd_cli.errors import one_line
 from wd_cli.train.config import STPTRunConfig
 from wd_cli.train.configfile import ConfigError, load_config
 from wd_cli.train.export import export_run
@@ -28,13 +28,12 @@ def config_errors_in_one_line(command: Callable[..., Any]) -> Callable[..., Any]
     """Turn what the user or the machine must fix into one-line click errors: configuration mistakes
     (ConfigError), files that cannot be read or written (OSError: a full disk, a busy run directory, a damaged
     file), a diverged run. Other errors keep their traceback, since mid-training they are bugs to report.
-    Warnings print as one line; the process group is closed either way."""
+    Closes the process group either way."""
 
     @wraps(command)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         try:
-            with one_line_warnings():
-                return command(*args, **kwargs)
+            return command(*args, **kwargs)
         except (ConfigError, OSError, EOFError, TrainingDiverged) as error:
             raise click.ClickException(one_line(error)) from None
         finally:

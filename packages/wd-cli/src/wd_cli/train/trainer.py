@@ -204,7 +204,8 @@ class STPTTrainer:
                               "or move the damaged ones away")
 
     def train_step(self) -> dict[str, float]:
-        """One optimizer step over `grad_accumulation` micro-batches; -> loss, accuracy, lr, grad_norm."""
+        """One optimizer step over `grad_accumulation` micro-batches; -> loss, accuracy, lr, grad_norm, skipped
+        (1.0 when the loss or gradient norm was not finite on some rank: then nothing was updated)."""
         c, env = self.config, self.env
         accumulation = c.train.grad_accumulation
         totals = torch.zeros(2, device=env.device)  # loss, accuracy: one host sync per step, not per micro-batch
