@@ -78,3 +78,18 @@ def test_config_json_types_and_ranges_are_one_line_errors_naming_the_file(tiny_m
         VQGAN.from_pretrained(tmp_path)
     text = str(raised.value)
     assert text.startswith(f"{tmp_path / 'config.json'}: ") and message in text and "\n" not in text
+
+
+def test_a_config_far_larger_than_its_weights_fails_before_building_the_model(tiny_model, tmp_path, monkeypatch):
+    """hidden_channels 4096 would allocate gigabytes; the shapes (a meta build, the file's header) say no first."""
+    tiny_model.save_pretrained(tmp_path)
+    config = json.loads((tmp_path / "config.json").read_text())
+    (tmp_path / "config.json").write_text(json.dumps({**config, "hidden_channels": 4096, "norm_groups": 8}))
+    built = []
+    monkeypatch.setattr(VQGAN, "__init__", lambda self, config: built.append(config))
+    with pytest.raises(ValueError, match=r"model\.safetensors: checkpoint does not match the model: .* and \d+ more"):
+        VQGAN.from_pretrained(tmp_path)
+    assert built == []
+    (tmp_path / "config.json").write_text(json.dumps({**config, "num_embeddings": 2**30}))
+    with pytest.raises(ValueError, match="a codebook of 1073741824 codes is past MAX_CODEBOOK"):
+        VQGAN.from_pretrained(tmp_path)

@@ -171,7 +171,7 @@ def check_digests(directory: str | Path, expected: object, source: str | Path) -
         raise ValueError(f"{source}: the file checksums must be a table of relative path -> SHA-256 hex")
     for name, digest in expected.items():
         path = directory / name
-        if ".." in Path(name).parts or not path.is_file():
+        if Path(name).is_absolute() or ".." in Path(name).parts or not path.is_file():
             raise ValueError(f"{path} is missing (it is listed in {source})")
         if file_digest(path) != digest:
             raise ValueError(f"{path} is damaged or was changed: its SHA-256 differs from the one in {source}")

@@ -11,18 +11,23 @@ from __future__ import annotations
 import copy
 import dataclasses
 import json
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal, NamedTuple
 
 import torch
 from einops import rearrange
+from safetensors import safe_open
 from torch import nn
 
 from wd_tokenizer.fieldtypes import check_field_types
 from wd_tokenizer.io import atomic_write_text, checkpoint_dir, read_json, read_tensors, save_module_weights
 from wd_tokenizer.modules import Decoder, Encoder
 from wd_tokenizer.quantizers import build_quantizer
+
+
+MAX_CODEBOOK = 2**20  # FSQ keeps its whole implicit codebook in memory; the paper's has 8192 codes
 
 
 @dataclass
@@ -67,6 +72,9 @@ class VQGANConfig:
                              f"{self.dropout}, {self.commitment_weight}, {self.ema_decay}")
         if self.fsq_levels is not None and min(self.fsq_levels, default=0) < 2:
             raise ValueError(f"fsq_levels must be a non-empty list of levels >= 2, got {self.fsq_levels}")
+        codes = math.prod(self.fsq_levels) if self.quantizer == "fsq" and self.fsq_levels else self.num_embeddings
+        if codes > MAX_CODEBOOK:
+            raise ValueError(f"a codebook of {codes} codes is past MAX_CODEBOOK = {MAX_CODEBOOK}")
 
     @property
     def downsample_factor(self) -> int:
@@ -198,11 +206,14 @@ class VQGAN(nn.Module):
             config = config_from_dict(values)
         except ValueError as error:
             raise ValueError(f"{directory / 'config.json'}: {error}") from None
-        model = cls(config)
+        weights = directory / "model.safetensors"
         try:
-            load_state_dict_strict(model, read_tensors(directory / "model.safetensors", device=device))
+            state = read_tensors(weights, device=device)  # first: a missing or unreadable file says so
+            check_encoder_decoder_shapes(config, weights)
+            model = cls(config)
+            load_state_dict_strict(model, state)
         except KeyError as error:
-            raise ValueError(f"{directory / 'model.safetensors'}: {error.args[0]}") from None
+            raise ValueError(f"{weights}: {error.args[0]}") from None
         return model.to(device).eval()
 
 
@@ -227,18 +238,36 @@ def config_from_dict(values: dict) -> VQGANConfig:
 
 def load_state_dict_strict(model: nn.Module, state: dict[str, torch.Tensor]) -> None:
     """Load `state` into `model`, raising one error that lists every missing, unexpected or mis-shaped key."""
-    expected = model.state_dict()
-    missing = sorted(set(expected) - set(state))
-    unexpected = sorted(set(state) - set(expected))
-    mis_shaped = sorted(
-        f"{k}: {tuple(state[k].shape)} != {tuple(expected[k].shape)}"
-        for k in set(state) & set(expected)
-        if state[k].shape != expected[k].shape
-    )
-    if missing or unexpected or mis_shaped:
-        raise KeyError(f"checkpoint does not match the model: missing {missing}, unexpected {unexpected}, "
-                       f"wrong shape {mis_shaped}")
+    check_shapes({k: v.shape for k, v in model.state_dict().items()}, {k: v.shape for k, v in state.items()})
     model.load_state_dict(state, strict=True)
+
+
+def check_shapes(expected: dict[str, torch.Size], found: dict[str, torch.Size]) -> None:
+    """KeyError listing every missing, unexpected or mis-shaped key of `found` against `expected`."""
+    missing = sorted(set(expected) - set(found))
+    unexpected = sorted(set(found) - set(expected))
+    mis_shaped = sorted(f"{k}: {tuple(found[k])} != {tuple(expected[k])}" for k in set(found) & set(expected)
+                        if tuple(found[k]) != tuple(expected[k]))
+    if missing or unexpected or mis_shaped:
+        raise KeyError(f"checkpoint does not match the model: missing {_few(missing)}, unexpected "
+                       f"{_few(unexpected)}, wrong shape {_few(mis_shaped)}")
+
+
+def _few(names: list[str]) -> str:
+    """The first three names, and how many more (a damaged config can mismatch every tensor)."""
+    return f"{names[:3]}" + (f" and {len(names) - 3} more" if len(names) > 3 else "")
+
+
+def check_encoder_decoder_shapes(config: VQGANConfig, path: Path) -> None:
+    """KeyError when the encoder and decoder that `config` describes do not have the shapes stored in the
+    safetensors file `path`, found from the shapes alone (a meta-device build and the file's header): a damaged
+    config must not allocate a model many times the size of its weights before the mismatch shows."""
+    with torch.device("meta"):
+        parts = {"encoder": Encoder(config), "decoder": Decoder(config)}
+    expected = {f"{part}.{k}": v.shape for part, module in parts.items() for k, v in module.state_dict().items()}
+    with safe_open(path, framework="pt") as weights:
+        found = {k: weights.get_slice(k).get_shape() for k in weights.keys() if k.startswith(("encoder.", "decoder."))}
+    check_shapes(expected, found)
 
 
 # FSQ for the small presets: on synthetic shapes a VectorQuantize codebook (cosine, dim 8, k-means, dead-code
