@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import json
 import re
+import shutil
 from pathlib import Path
 
 import pytest
@@ -165,3 +167,17 @@ def test_hash_encoder_config_types_and_sizes_are_one_line_errors(tmp_path: Path,
     (tmp_path / "config.json").write_text(f'{{"class": "HashTextEncoder", {fields}}}')
     with pytest.raises(ValueError, match=re.escape(message)):
         load_text_encoder(tmp_path)
+
+
+@pytest.mark.parametrize("damage", ["zeroed weights", "a string width", "a negative vocabulary"])
+def test_a_damaged_t5_is_a_one_line_error(tiny_t5_dir: Path, tmp_path: Path, damage: str) -> None:
+    copy = shutil.copytree(tiny_t5_dir, tmp_path / "t5")
+    config = json.loads((copy / "config.json").read_text())
+    if damage == "zeroed weights":
+        (copy / "model.safetensors").write_bytes(bytes((copy / "model.safetensors").stat().st_size))
+    else:
+        key, value = ("d_model", "16") if damage == "a string width" else ("vocab_size", -1)
+        (copy / "config.json").write_text(json.dumps({**config, key: value}))
+    with pytest.raises(ValueError, match=f"^cannot load a T5 encoder from {copy}: ") as raised:
+        T5TextEncoder.from_pretrained(copy)
+    assert "\n" not in str(raised.value)

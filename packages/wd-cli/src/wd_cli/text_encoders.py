@@ -165,8 +165,8 @@ class T5TextEncoder:
         try:
             model = T5EncoderModel.from_pretrained(str(source) if source.exists() else str(name_or_path))
             tokenizer = AutoTokenizer.from_pretrained(str(source) if source.exists() else str(name_or_path))
-        except (OSError, ValueError) as error:
-            raise ValueError(f"cannot load a T5 encoder from {name_or_path}: {str(error).splitlines()[0]}") from None
+        except Exception as error:  # transformers raises many types for damaged files (a SafetensorError, ...)
+            raise ValueError(f"cannot load a T5 encoder from {name_or_path}: {' '.join(str(error).split())}") from None
         return cls(model.to(device), tokenizer, max_length or 77)
 
     @torch.no_grad()
