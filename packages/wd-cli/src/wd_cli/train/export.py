@@ -20,6 +20,7 @@ from wd_cli.train.checkpoint import stpt_weights_dir
 from wd_cli.train.config import STPTRunConfig
 from wd_cli.train.configfile import ConfigError, apply_overrides, from_dict, load_config
 from wd_cli.train.data import open_source
+from wd_cli.train.tokenizer import vqgan_dir
 from wd_cli.train.trainer import CONFIG_FILE
 from wd_cli.validation import check_finite_weights
 
@@ -67,7 +68,8 @@ def assemble_pipeline(out_dir: str | Path, stpt: str | Path, tokenizer: str | Pa
     newest whole checkpoint, EMA weights when kept), a checkpoint, a pipeline or an STPT directory. A run supplies
     the tokenizer, text encoder and clip shape it trained with (`model.tokenizer`, `model.text_encoder`, its
     data), a pipeline its own parts and defaults; given parts replace them, and `overrides` ("steps=12", any
-    `PipelineDefaults` field) the defaults."""
+    `PipelineDefaults` field) the defaults. A tokenizer is a VQGAN directory, a pipeline or a `wd train
+    tokenizer` run (`vqgan_dir`)."""
     source = Path(stpt)
     vqgan, encoder, defaults, run = None, None, None, None
     if (source / PIPELINE_FILE).is_file():
@@ -82,7 +84,7 @@ def assemble_pipeline(out_dir: str | Path, stpt: str | Path, tokenizer: str | Pa
             raise ConfigError(f"{source} names no {missing[0]} (a training run's config or a pipeline does): "
                               f"pass the {' and the '.join(missing)} directory")
     if tokenizer is not None:
-        vqgan = open_part("tokenizer", VQGAN.from_pretrained, tokenizer)
+        vqgan = open_part("tokenizer", lambda path: VQGAN.from_pretrained(vqgan_dir(path)), tokenizer)
     if text_encoder is not None:
         encoder = open_part("text encoder", load_text_encoder, text_encoder)
     if defaults is None:
