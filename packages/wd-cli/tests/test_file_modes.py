@@ -21,8 +21,8 @@ def modes(root: Path) -> dict[str, int]:
 
 
 @pytest.mark.parametrize("umask", [0o027, 0o077])
-def test_every_output_has_the_umask_modes(tiny_pipeline, tiny_pipeline_dir, tiny_run_config, run_parts, tmp_path,
-                                          umask):
+def test_every_output_has_the_umask_modes(tiny_pipeline, tiny_pipeline_dir, tiny_run_config, run_parts, tiny_t5_dir,
+                                          tiny_vqgan_dir, hash_text_dir, media_sources, tmp_path, umask):
     previous = os.umask(umask)
     try:
         tiny_pipeline.save_pretrained(tmp_path / "pipeline")
@@ -39,11 +39,20 @@ def test_every_output_has_the_umask_modes(tiny_pipeline, tiny_pipeline_dir, tiny
         dataset = ShapesDataset(ShapesConfig(height=16, width=16, num_frames=2), seeds=range(2))
         write_token_cache(dataset, lambda frames: frames[:, ::4, ::4, 0].long() // 16, tmp_path / "cache",
                           progress=False, metadata={"codebook_size": 16})
+        for command in (["convert", "text-encoder", tiny_t5_dir, tmp_path / "t5"],
+                        ["convert", "pipeline", "--stpt", tmp_path / "exported", "--set", "steps=2",
+                         tmp_path / "converted"],
+                        ["data", "cache", media_sources["images"], "--tokenizer", tiny_vqgan_dir, "--text-encoder",
+                         hash_text_dir, "--out", tmp_path / "data-cache", "--frames", "2", "--size", "32",
+                         "--no-progress"]):
+            result = CliRunner().invoke(cli, [str(arg) for arg in command])
+            assert result.exit_code == 0, result.output
     finally:
         os.umask(previous)
     found = modes(tmp_path)
     expected = {name: (0o777 if (tmp_path / name).is_dir() else 0o666) & ~umask for name in found}
     assert found == expected
     for name in ("pipeline/stpt/model.safetensors", "new/v.mp4", "t.npy", "run/metrics.jsonl", "run/train.lock",
-                 "run/checkpoints/step_0000002/trainer_state.pt", "exported/pipeline.json", "cache"):
+                 "run/checkpoints/step_0000002/trainer_state.pt", "exported/pipeline.json", "cache",
+                 "t5/t5/model.safetensors", "converted/pipeline.json", "data-cache/manifest.json"):
         assert name in found  # each kind of output was checked

@@ -20,7 +20,7 @@ from typing import Any, Protocol, runtime_checkable
 
 import torch
 from torch.nn.utils.rnn import pad_sequence
-from wd_tokenizer.io import atomic_write_text, read_json
+from wd_tokenizer.io import atomic_write_text, new_file_mode, read_json
 
 CONFIG_NAME = "config.json"
 MAX_DIM, MAX_LENGTH = 65_536, 4096  # sizes past any text encoder's: a damaged config must not allocate gigabytes
@@ -183,6 +183,9 @@ class T5TextEncoder:
         directory = Path(directory)
         self.model.save_pretrained(directory / T5_SUBFOLDER, safe_serialization=True)
         self.tokenizer.save_pretrained(directory / T5_SUBFOLDER)
+        for path in (directory / T5_SUBFOLDER).iterdir():  # safetensors creates its file 0600
+            if path.is_file():
+                os.chmod(path, new_file_mode())
         _write_config(directory, {"class": type(self).__name__, "max_length": self.max_length})
 
 

@@ -42,6 +42,11 @@ def plain_file_mode(path: Path) -> int:
     such as safetensors create their files 0600, which other users could not read)."""
     if path.exists():
         return stat.S_IMODE(path.stat().st_mode)
+    return new_file_mode()
+
+
+def new_file_mode() -> int:
+    """0o666 less the umask: the mode `open(path, "w")` gives a new file."""
     umask = os.umask(0)
     os.umask(umask)
     return 0o666 & ~umask
