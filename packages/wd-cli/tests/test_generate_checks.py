@@ -171,3 +171,59 @@ def test_pipeline_json_types_name_the_file_and_field(tiny_pipeline_dir, tmp_path
     (legacy / "pipeline.json").write_text(json.dumps(config))
     code, lines = text2video(legacy, tmp_path / "o.gif")
     assert code == 1 and lines == [f"Error: {legacy / 'pipeline.json'}: bad defaults: {message}"], lines
+
+
+TASK_CALLS = {  # task -> (a call of the Python API on a 5-frame video / 32x32 image, the frames it would output)
+    "text2video": (lambda p, image, video: p.text_to_video("x", num_frames=6), 6),
+    "text2video+actions": (lambda p, image, video: p.text_to_video("x", np.zeros((7, 2))), 7),
+    "image2video": (lambda p, image, video: p.image_to_video(image, num_frames=5), 5),
+    "predict": (lambda p, image, video: p.image_to_video(video, num_frames=9), 9),
+    "action2video": (lambda p, image, video: p.action_to_video(image, np.zeros((3, 2))), 3),
+    "interpolate": (lambda p, image, video: p.interpolate(video, 3), 13),
+    "inpaint": (lambda p, image, video: p.inpaint(video, box=(0, 0, 8, 8)), 5),
+    "outpaint": (lambda p, image, video: p.outpaint(video), 5),
+    "stylize": (lambda p, image, video: p.stylize(video, "x"), 5),
+}
+
+
+@pytest.mark.parametrize("task", TASK_CALLS)
+def test_every_task_checks_its_memory_before_it_encodes_or_samples(tiny_pipeline, model_never_runs, monkeypatch,
+                                                                   task):
+    limited = WorldDreamerPipeline(tiny_pipeline.tokenizer, tiny_pipeline.stpt, tiny_pipeline.text_encoder,
+                                   tiny_pipeline.defaults)
+    limited.memory_limit_gb = 1e-6
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("the input was encoded")
+
+    monkeypatch.setattr(WorldDreamerPipeline, "encode", refuse)
+    call, frames = TASK_CALLS[task]
+    image, video = np.zeros((32, 32, 3), dtype=np.uint8), np.zeros((5, 32, 32, 3), dtype=np.uint8)
+    with pytest.raises(MemoryLimitError, match=rf"about [\d.]+ [MG]iB of memory \({frames} frames of 32x32, "):
+        call(limited, image, video)
+
+
+@pytest.mark.parametrize(("task", "extra", "frames"), [
+    ("predict", ["--video", "video.mp4", "--frames", "100000"], 100000),
+    ("interpolate", ["--video", "video.mp4", "--every", "50000"], 200001),
+    ("interpolate", ["--video", "video.mp4", "--frames", "100001"], 100001),
+    ("text2video", ["--prompt", "x", "--actions", "actions.csv"], 100000),
+    ("action2video", ["--image", "image.png", "--actions", "actions.csv"], 100000),
+])
+def test_the_cli_estimates_each_task_s_request_before_the_model_runs(tiny_pipeline, tiny_pipeline_dir, tmp_path,
+                                                                     model_never_runs, task, extra, frames):
+    from wd_data import write_video
+
+    from wd_cli.limits import GIB
+
+    write_video(tmp_path / "video.mp4", np.zeros((5, 32, 32, 3), dtype=np.uint8), fps=4)
+    Image = pytest.importorskip("PIL.Image")
+    Image.fromarray(np.zeros((32, 32, 3), dtype=np.uint8)).save(tmp_path / "image.png")
+    (tmp_path / "actions.csv").write_text("0,0\n" * 100000)
+    window = generation_memory(tiny_pipeline, tiny_pipeline.defaults.num_frames)
+    limit = 4 * (window.host + window.device) / GIB  # the pipeline's own window fits, the request does not
+    extra = [str(tmp_path / value) if (tmp_path / value).is_file() else value for value in extra]
+    code, lines = run("--task", task, *extra, "--checkpoint", tiny_pipeline_dir, "--out", tmp_path / "o.mp4",
+                      "--memory-limit", str(limit), "--no-progress", "--device", "cpu")
+    assert code == 1 and len(lines) == 1 and f" of memory ({frames} frames of 32x32" in lines[0], lines
+    assert not (tmp_path / "o.mp4").exists()
