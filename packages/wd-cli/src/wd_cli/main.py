@@ -33,7 +33,8 @@ class LazyGroup(click.Group):
 
 @click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(package_name="wd-cli", prog_name="wd")
-def cli() -> None:
+@click.pass_context
+def cli(ctx: click.Context) -> None:
     """WorldDreamer: a world model that generates video by predicting masked tokens.
 
     \b
@@ -43,6 +44,9 @@ def cli() -> None:
       wd play --checkpoint wd-quickstart/pipeline   # drive the world live in a browser
       wd info
     """
+    from wd_cli.errors import one_line_warnings  # here: `wd --help` stays free of torch
+
+    ctx.with_resource(one_line_warnings())  # every subcommand's warnings print as one line
 
 
 @cli.command()

@@ -9,7 +9,9 @@ from typing import Any
 
 import torch
 from wd_tokenizer import VQGAN, TrainConfig, frame_batches, get_config, train_vqgan
-from wd_tokenizer.training import checkpoint_dirs
+from wd_tokenizer.checkpoints import checkpoint_dirs
+from wd_tokenizer.io import atomic_write_text
+from wd_tokenizer.runlock import hold_run_directory
 
 from wd_cli.train.config import SourceConfig
 from wd_cli.train.configfile import ConfigError, dump_yaml
@@ -62,7 +64,7 @@ def train_tokenizer(config: TokenizerRunConfig, run_dir: str | Path, progress: b
         raise ConfigError(f"preset/overrides: {error}") from None
     frames = load_frames(config)
     run_dir = Path(run_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    (run_dir / CONFIG_FILE).write_text(dump_yaml(config))
-    batches = frame_batches(frames, config.batch_size, seed=config.train.seed)
-    return train_vqgan(model, batches, config.train, run_dir, progress=progress)
+    with hold_run_directory(run_dir):  # train_vqgan holds it too; taking it here guards the config file
+        atomic_write_text(run_dir / CONFIG_FILE, dump_yaml(config))
+        batches = frame_batches(frames, config.batch_size, seed=config.train.seed)
+        return train_vqgan(model, batches, config.train, run_dir, progress=progress)
