@@ -1,5 +1,6 @@
 """Shared tiny parts, built once per session: a saved tiny T5, a tiny pipeline (plus its saved directory), a
-tiny VQGAN and text encoder directory, and tiny data in every on-disk format the data commands read.
+tiny VQGAN and text encoder directory, tiny data in every on-disk format the data commands read, and a tiny token
+cache with a training config for it.
 
 Session-scoped objects are shared by every test: use them, never modify them (no `.to`, no new weights).
 """
@@ -166,3 +167,62 @@ def sigterm_after_step(monkeypatch: pytest.MonkeyPatch):
         monkeypatch.setattr(MetricsLog, "log", terminate)
 
     return arm
+
+
+@pytest.fixture(scope="session")
+def without_checksums():
+    """A function dropping pipeline.json's file and self checksums from a pipeline directory, as in one saved
+    before they existed: its parts can then be swapped by hand, and loading checks how they fit instead."""
+
+    def strip(directory: Path) -> Path:
+        config = json.loads((directory / "pipeline.json").read_text())
+        config.pop("files"), config.pop("checksum")
+        (directory / "pipeline.json").write_text(json.dumps(config))
+        return directory
+
+    return strip
+
+
+@pytest.fixture(scope="session")
+def shapes_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A token cache of 8 shapes clips of 2 x 4 x 4 tokens (a pixel subsample stands in for the tokenizer),
+    codebook 16, 8-dim caption embeddings."""
+    from wd_data import ShapesConfig, ShapesDataset, write_token_cache
+
+    encoder = HashTextEncoder(dim=8)
+    dataset = ShapesDataset(ShapesConfig(height=16, width=16, num_frames=2, min_size=0.15), seeds=range(8))
+    return write_token_cache(dataset, lambda frames: torch.as_tensor(frames)[:, ::4, ::4, 0].long() // 16,
+                             tmp_path_factory.mktemp("shapes-cache"), samples_per_shard=4, progress=False,
+                             metadata={"codebook_size": 16},
+                             encode_text=lambda caption: encoder.encode([caption])[0][0])
+
+
+@pytest.fixture(scope="session")
+def tiny_run_config(shapes_cache: Path):
+    """A function: steps (and keyword overrides of the sections) -> an STPTRunConfig training a width-32 STPT on
+    `shapes_cache` at a constant lr (so runs of different lengths agree step by step), a checkpoint every step
+    (3 kept), metrics every step."""
+    from wd_cli.train import (CheckpointSection, DataSection, LoggingSection, ModelSection, OptimSection,
+                              SourceConfig, STPTRunConfig, TrainSection)
+
+    def make(steps: int, **sections) -> STPTRunConfig:
+        defaults = dict(data=DataSection([SourceConfig("token_cache", str(shapes_cache))], batch_size=2),
+                        model=ModelSection(overrides={"width": 32, "depth": 2, "num_heads": 2, "position_frames": 2,
+                                                      "position_height": 4, "position_width": 4}),
+                        optim=OptimSection(lr=3e-3, warmup_steps=1, schedule="constant"),
+                        train=TrainSection(steps=steps),
+                        checkpoint=CheckpointSection(every=1, keep=3), logging=LoggingSection(every=1))
+        return STPTRunConfig(**{**defaults, **sections})
+
+    return make
+
+
+@pytest.fixture(scope="session")
+def run_parts(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    """(tokenizer, text encoder) directories that fit `shapes_cache` (16 codes over 4x4 tokens of 16x16 frames,
+    8-dim text), for exporting a run trained on it."""
+    torch.manual_seed(0)
+    root = tmp_path_factory.mktemp("run-parts")
+    VQGAN(tokenizer_config("f4-small", fsq_levels=[4, 4])).save_pretrained(root / "tokenizer")
+    HashTextEncoder(dim=8).save_pretrained(root / "text_encoder")
+    return root / "tokenizer", root / "text_encoder"

@@ -265,6 +265,10 @@ def test_assembled_pipeline_is_what_save_pretrained_writes(tiny_pipeline, tiny_p
     for name in written:
         if (tiny_pipeline_dir / name).is_file():
             assert (tmp_path / "pipeline" / name).read_bytes() == (tiny_pipeline_dir / name).read_bytes(), name
+    # Its format version and the checksum of every part's file, which loading checks first.
+    config = json.loads((tmp_path / "pipeline" / "pipeline.json").read_text())
+    files = {name.as_posix() for name in written if (tmp_path / "pipeline" / name).is_file()} - {"pipeline.json"}
+    assert config["format_version"] == 1 and set(config["files"]) == files and len(config["checksum"]) == 64
 
 
 def test_a_pipeline_source_keeps_its_parts_and_takes_new_defaults(tiny_pipeline_dir, tmp_path):

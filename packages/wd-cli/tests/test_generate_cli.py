@@ -99,15 +99,16 @@ def test_cli_tokens_equal_the_python_api(inputs: dict[str, Path], tiny_pipeline_
     assert np.array_equal(np.load(tmp_path / "a.npy"), expected.tokens)
 
 
-def _mismatched_checkpoint(tiny_pipeline_dir: Path, tmp_path: Path) -> Path:
+def _mismatched_checkpoint(tiny_pipeline_dir: Path, tmp_path: Path, without_checksums) -> Path:
     """A copy whose STPT has another codebook than the tokenizer."""
     broken = tmp_path / "mismatched"
     shutil.copytree(tiny_pipeline_dir, broken)
     STPT(stpt_config("tiny", codebook_size=64, text_dim=16, width=32, num_heads=4)).save_pretrained(broken / "stpt")
-    return broken
+    return without_checksums(broken)
 
 
-def test_mistakes_end_in_one_line(inputs: dict[str, Path], tiny_pipeline_dir: Path, tmp_path: Path) -> None:
+def test_mistakes_end_in_one_line(inputs: dict[str, Path], tiny_pipeline_dir: Path, tmp_path: Path,
+                                  without_checksums) -> None:
     out = tmp_path / "out.mp4"
     common = ["--checkpoint", tiny_pipeline_dir, "--out", out]
     cases = [
@@ -135,8 +136,9 @@ def test_mistakes_end_in_one_line(inputs: dict[str, Path], tiny_pipeline_dir: Pa
          "5 given frames are more than the num_frames=3"),
         (["--task", "text2video", "--prompt", "x", "--checkpoint", tmp_path / "nowhere", "--out", out],
          "does not exist"),
-        (["--task", "text2video", "--prompt", "x", "--checkpoint", _mismatched_checkpoint(tiny_pipeline_dir, tmp_path),
-          "--out", out], "codebook_size 64 != tokenizer codebook_size 1000"),
+        (["--task", "text2video", "--prompt", "x", "--checkpoint",
+          _mismatched_checkpoint(tiny_pipeline_dir, tmp_path, without_checksums), "--out", out],
+         "codebook_size 64 != tokenizer codebook_size 1000"),
         (["--task", "text2video", "--prompt", "x", "--checkpoint", tiny_pipeline_dir, "--out", tmp_path / "o.avi"],
          "use one of ('.mp4', '.gif')"),
         (["--task", "text2video", "--prompt", "x", "--device", "tpu", *common], "unknown device"),

@@ -233,7 +233,7 @@ def _broken_copy(source: Path, tmp_path: Path) -> Path:
     return copy
 
 
-def test_load_errors_name_the_problem(tiny_pipeline_dir: Path, tmp_path: Path) -> None:
+def test_load_errors_name_the_problem(tiny_pipeline_dir: Path, tmp_path: Path, without_checksums) -> None:
     with pytest.raises(FileNotFoundError, match="does not exist"):
         WorldDreamerPipeline.from_pretrained(tmp_path / "nowhere")
     broken = _broken_copy(tiny_pipeline_dir, tmp_path)
@@ -244,8 +244,12 @@ def test_load_errors_name_the_problem(tiny_pipeline_dir: Path, tmp_path: Path) -
     shutil.rmtree(broken / "stpt")
     with pytest.raises(FileNotFoundError, match="stpt is missing"):
         WorldDreamerPipeline.from_pretrained(broken)
-    # An STPT for another codebook (and another text width) does not fit this tokenizer / text encoder.
+    # An STPT for another codebook (and another text width) does not fit this tokenizer / text encoder: the files'
+    # checksums say so first, and without them (a pipeline saved before they existed) the parts' checks do.
     STPT(stpt_config("tiny", codebook_size=64, text_dim=16, width=32, num_heads=4)).save_pretrained(broken / "stpt")
+    with pytest.raises(ValueError, match=r"stpt/config\.json is damaged or was changed: its SHA-256 differs"):
+        WorldDreamerPipeline.from_pretrained(broken)
+    without_checksums(broken)
     with pytest.raises(ValueError, match="codebook_size 64 != tokenizer codebook_size 1000"):
         WorldDreamerPipeline.from_pretrained(broken)
     STPT(stpt_config("tiny", codebook_size=1000, text_dim=8, width=32, num_heads=4)).save_pretrained(broken / "stpt")
@@ -254,6 +258,7 @@ def test_load_errors_name_the_problem(tiny_pipeline_dir: Path, tmp_path: Path) -
     config = json.loads((tiny_pipeline_dir / "pipeline.json").read_text())
     config["defaults"]["windows"] = 3
     (broken / "pipeline.json").write_text(json.dumps(config))
+    without_checksums(broken)
     with pytest.raises(ValueError, match=r"pipeline.json: bad defaults: unknown defaults \['windows'\]"):
         WorldDreamerPipeline.from_pretrained(broken)
 

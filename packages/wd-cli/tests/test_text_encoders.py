@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import json
+import re
+import shutil
 from pathlib import Path
 
 import pytest
@@ -123,6 +126,9 @@ def test_load_errors_name_the_file(tmp_path: Path) -> None:
     (tmp_path / "config.json").write_text('{"class": "Word2Vec"}')
     with pytest.raises(ValueError, match="unknown text encoder class 'Word2Vec'"):
         load_text_encoder(tmp_path)
+    (tmp_path / "config.json").write_text('{"class": ["HashTextEncoder"]}')
+    with pytest.raises(ValueError, match="unknown text encoder class"):
+        load_text_encoder(tmp_path)
     (tmp_path / "config.json").write_text('{"class": "HashTextEncoder", "width": 3}')
     with pytest.raises(ValueError, match="unknown text encoder fields"):
         load_text_encoder(tmp_path)
@@ -146,3 +152,32 @@ def test_t5_encoder_shapes_masks_determinism_and_round_trip(tiny_t5_dir: Path, t
     loaded = load_text_encoder(tmp_path / "encoder")
     assert isinstance(loaded, T5TextEncoder) and loaded.max_length == 4
     assert torch.equal(loaded.encode(["a red circle", "", "a blue square moves down"])[0], text)
+
+
+@pytest.mark.parametrize(("fields", "message"), [
+    ('"dim": "16"', "dim must be int, got '16'"),
+    ('"dim": 16.0', "dim must be int, got 16.0"),
+    ('"seed": true', "seed must be int, got True"),
+    ('"position_weight": "0.5"', "position_weight must be float, got '0.5'"),
+    ('"position_weight": NaN', "a finite position_weight"),
+    ('"max_length": 1000000000', "max_length in [1, 4096]"),
+    ('"dim": 100000000', "dim in [2, 65536]"),
+])
+def test_hash_encoder_config_types_and_sizes_are_one_line_errors(tmp_path: Path, fields: str, message: str) -> None:
+    (tmp_path / "config.json").write_text(f'{{"class": "HashTextEncoder", {fields}}}')
+    with pytest.raises(ValueError, match=re.escape(message)):
+        load_text_encoder(tmp_path)
+
+
+@pytest.mark.parametrize("damage", ["zeroed weights", "a string width", "a negative vocabulary"])
+def test_a_damaged_t5_is_a_one_line_error(tiny_t5_dir: Path, tmp_path: Path, damage: str) -> None:
+    copy = shutil.copytree(tiny_t5_dir, tmp_path / "t5")
+    config = json.loads((copy / "config.json").read_text())
+    if damage == "zeroed weights":
+        (copy / "model.safetensors").write_bytes(bytes((copy / "model.safetensors").stat().st_size))
+    else:
+        key, value = ("d_model", "16") if damage == "a string width" else ("vocab_size", -1)
+        (copy / "config.json").write_text(json.dumps({**config, key: value}))
+    with pytest.raises(ValueError, match=f"^cannot load a T5 encoder from {copy}: ") as raised:
+        T5TextEncoder.from_pretrained(copy)
+    assert "\n" not in str(raised.value)

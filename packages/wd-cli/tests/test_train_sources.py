@@ -16,6 +16,7 @@ from click.testing import CliRunner
 from PIL import Image
 from safetensors.torch import load_file
 from wd_data.testing import image_record, write_tar
+from wd_tokenizer.checkpoints import checkpoint_dirs
 
 from wd_cli.main import cli
 from wd_cli.train import (
@@ -29,7 +30,7 @@ from wd_cli.train import (
     TrainSection,
     train_stpt,
 )
-from wd_cli.train.checkpoint import TRAINER_STATE, latest_checkpoint
+from wd_cli.train.checkpoint import TRAINER_STATE
 from wd_cli.train.configfile import dump_yaml
 from wd_cli.train.data import DataStream, open_source
 
@@ -119,12 +120,12 @@ def test_training_on_tar_shards_resumes_exactly(shards, tiny_vqgan_dir, tmp_path
     straight = train_stpt(config, tmp_path / "straight", progress=False)
     sigterm_after_step(1)
     train_stpt(config, tmp_path / "split", progress=False)
-    assert latest_checkpoint(tmp_path / "split").name == "step_0000002"
+    assert checkpoint_dirs(tmp_path / "split")[-1].name == "step_0000002"
     monkeypatch.undo()
     resumed = train_stpt(config, tmp_path / "split", progress=False)
     for name, tensor in straight.state_dict().items():
         torch.testing.assert_close(resumed.state_dict()[name], tensor, atol=0, rtol=0)
-    states = [torch.load(latest_checkpoint(tmp_path / run) / TRAINER_STATE, weights_only=True)["data"]
+    states = [torch.load(checkpoint_dirs(tmp_path / run)[-1] / TRAINER_STATE, weights_only=True)["data"]
               for run in ("straight", "split")]
     assert torch.equal(states[0]["lanes.0"], states[1]["lanes.0"]) and (states[0]["lanes.0"][:, 1] > 0).any()
     lines = [json.loads(line) for line in (tmp_path / "straight" / "metrics.jsonl").read_text().splitlines()]
@@ -145,10 +146,10 @@ def test_two_ranks_train_on_tar_shards_as_one_process(shards, tiny_vqgan_dir, tm
                             timeout=180)
     assert result.returncode == 0, result.stderr[-3000:]
     single = train_stpt(config, tmp_path / "single", progress=False)
-    weights = load_file(latest_checkpoint(tmp_path / "ddp") / "model" / "model.safetensors")
+    weights = load_file(checkpoint_dirs(tmp_path / "ddp")[-1] / "model" / "model.safetensors")
     for name, tensor in single.state_dict().items():
         torch.testing.assert_close(weights[name], tensor, atol=1e-5, rtol=0)
-    states = [torch.load(latest_checkpoint(tmp_path / run) / TRAINER_STATE, weights_only=True)["data"]
+    states = [torch.load(checkpoint_dirs(tmp_path / run)[-1] / TRAINER_STATE, weights_only=True)["data"]
               for run in ("ddp", "single")]
     assert torch.equal(states[0]["lanes.0"], states[1]["lanes.0"])
     metrics = [json.loads(line) for line in (tmp_path / "ddp" / "metrics.jsonl").read_text().splitlines()]

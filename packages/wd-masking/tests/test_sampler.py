@@ -377,3 +377,35 @@ def test_float64_default_dtype_is_not_an_issue(random_model):
 def test_unknown_counts_refuses_zero_steps():
     with pytest.raises(ValueError, match="steps must be >= 1"):
         unknown_counts(torch.tensor([4]), 0)
+
+
+@pytest.mark.parametrize(("field", "value", "message"), [
+    ("guidance_scale", float("nan"), "guidance_scale must be a finite number in [0, 10000], got nan"),
+    ("guidance_scale", float("inf"), "guidance_scale must be a finite number"),
+    ("guidance_scale", 1e30, "guidance_scale must be a finite number in [0, 10000], got 1e+30"),
+    ("temperature", float("nan"), "temperature must be a finite number"),
+    ("temperature", 1e-30, "temperature must be 0 (argmax) or >= 0.0001"),
+    ("choice_temperature", float("-inf"), "choice_temperature must be a finite number"),
+    ("top_p", float("nan"), "top_p must be in (0, 1]"),
+    ("steps", 10**9, "steps must be in [1, 10000]"),
+])
+def test_non_finite_and_overflowing_settings_are_refused(field, value, message):
+    with pytest.raises(ValueError) as raised:
+        SamplerConfig(**{field: value})
+    assert message in str(raised.value)
+
+
+@pytest.mark.parametrize("temperature", [0.0, 0.5, 1.0])
+@pytest.mark.parametrize("bad", [float("nan"), float("inf")])
+def test_non_finite_logits_stop_the_sampler_with_one_line(temperature, bad):
+    """NaN weights or an overflowing input give non-finite logits: a clear error, never an out-of-range id or a
+    silently arbitrary draw."""
+
+    def model(tokens, cond):
+        logits = torch.zeros(*tokens.shape, 5)
+        logits[0, 0, 0, 0, 1] = bad
+        return logits
+
+    tokens, known = torch.zeros(1, 2, 2, 2, dtype=torch.long), torch.zeros(1, 2, 2, 2, dtype=torch.bool)
+    with pytest.raises(ValueError, match=r"^the network's logits are not finite \(NaN or inf\) at 1 of 8 tokens"):
+        sample(model, tokens, known, mask_id=5, config=SamplerConfig(steps=2, temperature=temperature))

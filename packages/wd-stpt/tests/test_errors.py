@@ -62,10 +62,14 @@ def test_bad_config():
     with pytest.raises(ValueError, match=r"unknown STPTConfig fields: \['widht'\]"):
         get_config("tiny", widht=32)
     assert STPTConfig.from_dict({"mlp_ratio": 2}).mlp_ratio == 2  # a JSON integer is a fine float
-    with pytest.raises(ValueError, match="action_scale must be empty or 2 positive numbers"):
-        STPTConfig(action_dim=2, action_scale=(0.1,))
-    with pytest.raises(ValueError, match="action_scale must be empty or 2 positive numbers"):
-        STPTConfig(action_dim=2, action_scale=(0.1, 0.0))
+    for scale in ((0.1,), (0.1, 0.0), (0.1, float("inf")), (0.1, float("nan"))):
+        with pytest.raises(ValueError, match="action_scale must be empty or 2 finite positive numbers"):
+            STPTConfig(action_dim=2, action_scale=scale)
+    for ratio in (float("nan"), float("inf"), 0.0):
+        with pytest.raises(ValueError, match="mlp_ratio must be a finite number > 0"):
+            STPTConfig(mlp_ratio=ratio)
+    with pytest.raises(TypeError, match="STPTConfig field width must be int, got '32'"):
+        get_config("tiny", width="32")  # overrides are type-checked as config.json is
     for not_numbers in (0.1, "12", [True, 2.0]):
         with pytest.raises(ValueError, match="action_scale must be a sequence of numbers"):
             STPTConfig(action_scale=not_numbers)

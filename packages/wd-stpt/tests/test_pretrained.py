@@ -1,9 +1,12 @@
 """save_pretrained / from_pretrained round trip."""
 
 import json
+import os
+import stat
 
 import pytest
 import torch
+from safetensors import SafetensorError
 
 from wd_stpt import STPT, STPTCondition
 
@@ -58,3 +61,21 @@ def test_load_errors_name_the_problem(tmp_path, make_model, damage, error, match
     with pytest.raises(error, match=match) as caught:
         STPT.from_pretrained(tmp_path)
     assert "\n" not in str(caught.value) and str(caught.value).count(";") <= 2  # one line, at most 3 problems
+
+
+def test_saved_files_have_the_umask_mode_and_a_failed_write_names_the_file(tmp_path, make_model, monkeypatch):
+    previous = os.umask(0o022)
+    try:
+        make_model(seed=0).save_pretrained(tmp_path / "stpt")
+    finally:
+        os.umask(previous)
+    assert {p.name: stat.S_IMODE(p.stat().st_mode) for p in (tmp_path / "stpt").iterdir()} == {
+        "config.json": 0o644, "model.safetensors": 0o644}
+
+    def full_disk(state, path):
+        raise SafetensorError("Error while serializing: I/O error: No space left on device (os error 28)")
+
+    monkeypatch.setattr("wd_stpt.model.save_file", full_disk)
+    with pytest.raises(OSError, match=r"^cannot write .*stpt/model\.safetensors: Error while serializing"):
+        make_model(seed=1).save_pretrained(tmp_path / "stpt")
+    assert sorted(p.name for p in (tmp_path / "stpt").iterdir()) == ["config.json", "model.safetensors"]

@@ -11,7 +11,8 @@ from wd_tokenizer import VQGAN, LossConfig, TrainConfig, evaluate, frame_batches
 from wd_tokenizer.losses import PatchDiscriminator, adaptive_weight
 from wd_tokenizer.metrics import code_histogram, codebook_perplexity, codebook_usage, psnr
 from wd_tokenizer.perceptual import LPIPS, LPIPS_WIDTHS, vgg16_features
-from wd_tokenizer.training import Trainer, checkpoint_dirs
+from wd_tokenizer.checkpoints import checkpoint_dirs
+from wd_tokenizer.training import Trainer
 
 PSNR_THRESHOLD = 20.0  # dB on the synthetic clip; untrained ~9 dB, the clip's mean colour ~14 dB
 

@@ -14,6 +14,7 @@ from wd_tokenizer.io import atomic_writer
 from wd_cli.errors import one_line_errors
 from wd_cli.media import read_actions, read_frames, read_mask
 from wd_cli.pipeline import Box, Generation, SamplingOptions, WorldDreamerPipeline
+from wd_cli.validation import FiniteFloatRange, check_generation, check_outputs
 
 INPUTS = ("prompt", "image", "video", "mask", "box", "border", "actions", "mask_ratio", "every")
 # Per task: the inputs it needs, and the ones it also accepts.
@@ -55,6 +56,7 @@ class GenerateArgs:
     tokens_out: Path | None = None
     device: str = "auto"
     dtype: str = "auto"
+    memory_limit: float | None = None
     no_progress: bool = False
 
 
@@ -163,7 +165,7 @@ existing_file = click.Path(exists=True, dir_okay=False, path_type=Path)
                    "to the model's aspect ratio, generating what it leaves uncovered).")
 @click.option("--actions", type=existing_file,
               help="CSV or JSON actions, one row per frame (action2video; text2video: text and actions together).")
-@click.option("--mask-ratio", type=click.FloatRange(0, 1), help="Fraction of tokens stylize redraws.")
+@click.option("--mask-ratio", type=FiniteFloatRange(0, 1), help="Fraction of tokens stylize redraws.")
 @click.option("--every", type=click.IntRange(min=2),
               help="Interpolate: the keyframes become every k-th frame (k - 1 new frames between each two).")
 @click.option("--frames", type=click.IntRange(min=1),
@@ -171,16 +173,18 @@ existing_file = click.Path(exists=True, dir_okay=False, path_type=Path)
                    "spread first to last); the first frames of --video to use for inpaint, outpaint, stylize "
                    "(default: all). Past the model's window the video is generated in overlapping windows.")
 @click.option("--steps", type=click.IntRange(min=1), help="Decoding steps (default: the pipeline's, 10).")
-@click.option("--guidance", type=click.FloatRange(min=0), help="Classifier-free guidance scale (0 = none).")
-@click.option("--temperature", type=click.FloatRange(min=0), help="Sampling temperature (0 = argmax).")
+@click.option("--guidance", type=FiniteFloatRange(min=0), help="Classifier-free guidance scale (0 = none).")
+@click.option("--temperature", type=FiniteFloatRange(min=0), help="Sampling temperature (0 = argmax).")
 @click.option("--top-k", type=click.IntRange(min=1), help="Draw only from the k likeliest tokens.")
-@click.option("--seed", type=int, default=0, show_default=True, help="Random seed.")
-@click.option("--fps", type=click.FloatRange(min=0, min_open=True), help="Output frame rate (default: the pipeline's).")
+@click.option("--seed", type=click.IntRange(0, 2**64 - 1), default=0, show_default=True, help="Random seed.")
+@click.option("--fps", type=FiniteFloatRange(min=0, min_open=True), help="Output frame rate (default: the pipeline's).")
 @click.option("--tokens-out", type=click.Path(dir_okay=False, path_type=Path),
               help="Also save the tokens int64 (N, h, w) as .npy.")
 @click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda, cuda:1, ...")
 @click.option("--dtype", type=click.Choice(["auto", "fp32", "bf16", "fp16"]), default="auto", show_default=True,
               help="STPT precision (auto: bf16 on CUDA, else fp32).")
+@click.option("--memory-limit", type=FiniteFloatRange(min=0, min_open=True), metavar="GIB",
+              help="Memory a request may use (default: what is available; env WD_MEMORY_LIMIT_GB).")
 @click.option("--no-progress", is_flag=True, help="Hide the progress bar.")
 def generate(**values: object) -> None:
     """Run one task of a pipeline and write the video.
@@ -198,7 +202,10 @@ def generate(**values: object) -> None:
     args = GenerateArgs(**values)
     check_args(args)
     with one_line_errors():
-        pipeline = WorldDreamerPipeline.from_pretrained(args.checkpoint, device=args.device, dtype=args.dtype)
+        check_outputs(args)
+        pipeline = WorldDreamerPipeline.from_pretrained(args.checkpoint, device=args.device, dtype=args.dtype,
+                                                        memory_limit_gb=args.memory_limit)
+        check_generation(pipeline, args)
         with tqdm(desc=f"{args.task}", unit="step", disable=args.no_progress) as progress:
             result = run_task(pipeline, args, progress)
         write_outputs(result, args, args.fps or pipeline.defaults.fps)

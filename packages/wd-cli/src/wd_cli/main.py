@@ -16,6 +16,7 @@ SUBCOMMANDS = {
     "data": "wd_cli.data.cli:data",
     "eval": "wd_cli.evaluation:eval_command",
     "generate": "wd_cli.generate:generate",
+    "play": "wd_cli.play.cli:play",
     "quickstart": "wd_cli.quickstart:quickstart",
     "train": "wd_cli.train.cli:train",
 }
@@ -36,15 +37,20 @@ class LazyGroup(click.Group):
 
 @click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(package_name="wd-cli", prog_name="wd")
-def cli() -> None:
+@click.pass_context
+def cli(ctx: click.Context) -> None:
     """WorldDreamer: a world model that generates video by predicting masked tokens.
 
     \b
     Example:
       wd quickstart                      # train on synthetic worlds, run every task (CPU, no download)
       wd generate --task text2video --prompt "a red circle moves up" --checkpoint wd-quickstart/pipeline --out a.gif
+      wd play --checkpoint wd-quickstart/pipeline   # drive the world live in a browser
       wd info
     """
+    from wd_cli.errors import one_line_warnings  # here: `wd --help` stays free of torch
+
+    ctx.with_resource(one_line_warnings())  # every subcommand's warnings print as one line
 
 
 @cli.command()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import io
 import itertools
 import json
 import os
@@ -101,23 +102,32 @@ def read_actions(path: str | os.PathLike) -> np.ndarray:
     (a list of rows, or {"actions": rows}). ValueError naming the file when it is not that."""
     path = Path(path)
     try:
-        if path.suffix.lower() == ".json":
-            rows = json.loads(path.read_text())
+        text = path.read_text()
+    except OSError as error:
+        raise FileNotFoundError(f"cannot read actions file {path}: {error.strerror}") from None
+    except UnicodeDecodeError as error:
+        raise ValueError(f"{path}: actions must be rows of numbers, one row per frame ({error})") from None
+    return parse_actions(text, path.suffix.lower() == ".json", str(path))
+
+
+def parse_actions(text: str, is_json: bool = False, name: str = "actions") -> np.ndarray:
+    """`read_actions` on the text of a file: CSV rows (an optional header line), or JSON when `is_json`; errors
+    name `name`."""
+    try:
+        if is_json:
+            rows = json.loads(text)
             rows = rows.get("actions") if isinstance(rows, dict) else rows
         else:
-            with path.open(newline="") as handle:
-                rows = [row for row in csv.reader(handle) if row]
+            rows = [row for row in csv.reader(io.StringIO(text)) if row]
             if rows and not _numeric(rows[0]):
                 rows = rows[1:]  # a header line
         actions = np.asarray(rows, dtype=np.float32)
-    except OSError as error:
-        raise FileNotFoundError(f"cannot read actions file {path}: {error.strerror}") from None
-    except (ValueError, TypeError, UnicodeDecodeError) as error:
-        raise ValueError(f"{path}: actions must be rows of numbers, one row per frame ({error})") from None
+    except (ValueError, TypeError) as error:
+        raise ValueError(f"{name}: actions must be rows of numbers, one row per frame ({error})") from None
     if actions.ndim != 2 or not actions.size:
-        raise ValueError(f"{path}: actions must be a non-empty table (frames, A), got shape {actions.shape}")
+        raise ValueError(f"{name}: actions must be a non-empty table (frames, A), got shape {actions.shape}")
     if not np.isfinite(actions).all():
-        raise ValueError(f"{path}: actions must be finite numbers")
+        raise ValueError(f"{name}: actions must be finite numbers")
     return actions
 
 

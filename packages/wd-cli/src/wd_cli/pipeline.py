@@ -21,16 +21,17 @@ import wd_masking
 from wd_masking.sampler import StepCallback
 from wd_stpt import STPT, STPTCondition
 from wd_tokenizer import VQGAN
-from wd_tokenizer.io import atomic_write_text, read_json
+from wd_tokenizer.fieldtypes import check_field_types
 
 from wd_cli.atomic import atomic_directory
 from wd_cli.devices import autocast, resolve_device, resolve_dtype
-from wd_cli.info import PACKAGES, package_version
+from wd_cli.limits import MemoryLimitError, check_memory, generation_memory
 from wd_cli.media import fit_frames, fit_inside, fit_mask
-from wd_cli.text_encoders import CachedTextEncoder, TextEncoder, json_text, load_text_encoder, unwrap
+from wd_cli.pipeline_file import PIPELINE_FILE, read_pipeline_file, write_pipeline_file
+from wd_cli.text_encoders import CachedTextEncoder, TextEncoder, load_text_encoder, unwrap
+from wd_cli.validation import check_actions, check_finite_weights
 from wd_cli.windowing import LongVideo, WindowSampler
 
-PIPELINE_FILE = "pipeline.json"
 PARTS = ("tokenizer", "stpt", "text_encoder")
 Box = tuple[int, int, int, int]
 
@@ -52,6 +53,7 @@ class PipelineDefaults:
     stylize_mask_ratio: float = 0.5  # fraction of tokens stylization redraws
 
     def __post_init__(self) -> None:
+        check_field_types(self, "defaults")
         self.sampler_config()  # validates the sampler fields
         if min(self.num_frames, self.height, self.width) < 1 or not self.fps > 0:
             raise ValueError(f"num_frames, height, width and fps must be positive, got {self}")
@@ -110,6 +112,7 @@ class WorldDreamerPipeline:
         self.text_encoder = text_encoder if cached else CachedTextEncoder(text_encoder)
         self.device = next(stpt.parameters()).device
         self.dtype = torch.float32
+        self.memory_limit_gb: float | None = None  # None: the memory available (see limits.py)
 
     @property
     def mask_id(self) -> int:
@@ -149,22 +152,23 @@ class WorldDreamerPipeline:
     ) -> Generation:
         """Continue image uint8 (H, W, 3), or k given frames (k, H, W, 3) (prediction), to `num_frames` frames
         (the given ones included)."""
-        return self._continue(self.encode(image), prompt, None, options)
+        return self._continue(image, prompt, None, options)
 
     def action_to_video(
         self, image: np.ndarray, actions: np.ndarray, prompt: str | None = None, **options: Unpack[SamplingOptions]
     ) -> Generation:
         """Drive from image uint8 (H, W, 3) (or k frames) with actions float (M, A), one row per output frame:
         M frames come out, actions[i] conditioning frame i."""
-        return self._continue(self.encode(image), prompt, self._actions(actions, options), options)
+        return self._continue(image, prompt, self._actions(actions, options), options)
 
     def interpolate(
         self, keyframes: np.ndarray, every: int, prompt: str = "", **options: Unpack[SamplingOptions]
     ) -> Generation:
         """Keyframes uint8 (M, H, W, 3) become frames 0, every, 2 * every, ... of (M - 1) * every + 1 frames; the
         ones between are generated (the first and last frame of N: two keyframes, every = N - 1)."""
+        options = self._whole_video((len(keyframes) - 1) * every + 1, options)
         tokens, known = wd_masking.frame_interpolation(self.encode(keyframes)[None], every, self.mask_id)
-        return self._generate(tokens, known, prompt, None, self._whole_video(options))
+        return self._generate(tokens, known, prompt, None, options)
 
     def inpaint(
         self,
@@ -179,13 +183,14 @@ class WorldDreamerPipeline:
         if (mask is None) == (box is None):
             raise ValueError("give exactly one of mask or box")
         video = np.asarray(video)
+        options = self._whole_video(len(video), options)
         region = wd_masking.box_region(*video.shape[-3:-1], box) if box is not None else torch.as_tensor(mask)
         if tuple(region.shape[-2:]) != video.shape[-3:-1] or (region.ndim == 3 and len(region) != len(video)):
             raise ValueError(f"mask {tuple(region.shape)} does not fit the video's {video.shape[:-1]} frames")
         region = fit_mask(region, (self.defaults.height, self.defaults.width))
         tokens, known = wd_masking.inpainting(self.encode(video)[None], region, self.mask_id,
                                               downsample_factor=self.tokenizer.downsample_factor)
-        return self._generate(tokens, known, prompt, None, self._whole_video(options))
+        return self._generate(tokens, known, prompt, None, options)
 
     def outpaint(
         self, video: np.ndarray, border: Box | None = None, prompt: str = "", **options: Unpack[SamplingOptions]
@@ -193,6 +198,7 @@ class WorldDreamerPipeline:
         """Regenerate border = (top, left, bottom, right) pixels of every frame of video uint8 (M, H, W, 3) (fitted
         to the model's frame), or, with no border, widen it: the video is scaled to fit inside the model's frame
         and what it leaves uncovered (the sides of a narrower video) is generated."""
+        options = self._whole_video(len(video), options)
         size = (self.defaults.height, self.defaults.width)
         if border is None:
             frames, keep = fit_inside(video, size)
@@ -204,18 +210,19 @@ class WorldDreamerPipeline:
             keep = (top, left, size[0] - bottom, size[1] - right)
         tokens, known = wd_masking.outpainting(self.encode(frames)[None], keep, self.mask_id,
                                                downsample_factor=self.tokenizer.downsample_factor)
-        return self._generate(tokens, known, prompt, None, self._whole_video(options))
+        return self._generate(tokens, known, prompt, None, options)
 
     def stylize(
         self, video: np.ndarray, prompt: str, mask_ratio: float | None = None, **options: Unpack[SamplingOptions]
     ) -> Generation:
         """Redraw a random `mask_ratio` of video's tokens (default: defaults.stylize_mask_ratio) under the prompt,
         the rest anchoring the content."""
+        options = self._whole_video(len(video), options)
         ratio = self.defaults.stylize_mask_ratio if mask_ratio is None else mask_ratio
         # The mask's draw has its own generator (on the CPU, where the tokens are): the sampler's starts fresh.
         generator = torch.Generator().manual_seed(int(options.get("seed", 0)))
         tokens, known = wd_masking.stylization(self.encode(video)[None], ratio, self.mask_id, generator=generator)
-        return self._generate(tokens, known, prompt, None, self._whole_video(options))
+        return self._generate(tokens, known, prompt, None, options)
 
     def window_sampler(self, prompt: str = "", **options: Unpack[SamplingOptions]) -> WindowSampler:
         """What `wd_cli.windowing.LongVideo.step` calls to generate one window under `prompt`: one seeded
@@ -253,6 +260,12 @@ class WorldDreamerPipeline:
         return self.defaults.sampler_config(**{key: value for key, value in options.items()
                                                if key not in ("num_frames", "seed", "callback")})
 
+    def check_request(self, num_frames: int, guided: bool = True,
+                      input_frames: tuple[int, int, int] | None = None) -> None:
+        """MemoryLimitError (a ValueError giving the estimate and the limit) when a request for `num_frames`
+        frames would not fit in memory (limits.py; `memory_limit_gb` overrides the limit)."""
+        check_memory(generation_memory(self, num_frames, guided, input_frames), self.device, self.memory_limit_gb)
+
     def _model_fn(self, tokens: torch.Tensor, cond: STPTCondition) -> torch.Tensor:
         with autocast(self.device, self.dtype):
             return self.stpt(tokens, cond)
@@ -281,10 +294,11 @@ class WorldDreamerPipeline:
         return result.tokens
 
     def _length(self, options: SamplingOptions) -> int:
-        """Frames a rollout produces: options' num_frames, else one window."""
+        """Frames a rollout produces: options' num_frames, else one window (checked to fit in memory)."""
         total = options.get("num_frames", self.defaults.num_frames)
         if total < 1:
             raise ValueError(f"num_frames must be >= 1, got {total}")
+        self._check_memory(total, options)
         return total
 
     def _actions(self, actions: np.ndarray | None, options: SamplingOptions) -> torch.Tensor | None:
@@ -295,23 +309,31 @@ class WorldDreamerPipeline:
         action_dim = self.stpt.config.action_dim
         if actions.ndim != 2 or actions.shape[1] != action_dim or not len(actions):
             raise ValueError(f"actions must be float (frames, {action_dim}), got shape {tuple(actions.shape)}")
+        check_actions(actions, self.stpt.config.action_scale)
         if options.setdefault("num_frames", len(actions)) != len(actions):
             raise ValueError(f"num_frames={options['num_frames']} but there are {len(actions)} action rows "
                              "(one per frame)")
         return actions
 
-    @staticmethod
-    def _whole_video(options: SamplingOptions) -> SamplingOptions:
-        """options, refusing num_frames: the input video (or the window) sets the length."""
+    def _whole_video(self, num_frames: int, options: SamplingOptions) -> SamplingOptions:
+        """options, refusing num_frames: the input video sets the length, `num_frames` output frames (checked to
+        fit in memory)."""
         if "num_frames" in options:
             raise TypeError("num_frames does not apply here: the input video sets the length")
+        self._check_memory(num_frames, options)
         return options
 
+    def _check_memory(self, num_frames: int, options: SamplingOptions) -> None:
+        """`check_request` for `num_frames` output frames under `options`. Every task passes here, through
+        `_length` (rollouts) or `_whole_video` (the rest), before it builds its tokens or samples anything."""
+        self.check_request(num_frames, self._config(options).guidance_scale > 0)
+
     def _continue(
-        self, given: torch.Tensor, prompt: str | None, actions: torch.Tensor | None, options: SamplingOptions
+        self, frames: np.ndarray, prompt: str | None, actions: torch.Tensor | None, options: SamplingOptions
     ) -> Generation:
-        """given tokens (k, h, w) continued to num_frames frames."""
+        """frames uint8 (H, W, 3) or (k, H, W, 3) continued to num_frames frames."""
         total = self._length(options)
+        given = self.encode(frames)
         if len(given) > total:
             raise ValueError(f"{len(given)} given frames are more than the num_frames={total} to generate")
         tokens, known = wd_masking.image_to_video(given[None], total, self.mask_id)
@@ -337,19 +359,16 @@ class WorldDreamerPipeline:
     # -- files ----------------------------------------------------------------------------------------------------
 
     def save_pretrained(self, directory: str | os.PathLike) -> None:
-        """Write directory/{tokenizer,stpt,text_encoder}/ + pipeline.json (part classes, package versions,
-        defaults), all at once: the directory appears (or is replaced) only when complete."""
+        """Write directory/{tokenizer,stpt,text_encoder}/ + pipeline.json (format version, part classes, package
+        versions, defaults, the files' checksums; see pipeline_file.py), all at once: the directory appears (or is
+        replaced) only when complete."""
         with atomic_directory(directory) as staging:
             self.tokenizer.save_pretrained(staging / "tokenizer")
             self.stpt.save_pretrained(staging / "stpt")
             self.text_encoder.save_pretrained(staging / "text_encoder")
-            config = {
-                "classes": {"tokenizer": type(self.tokenizer).__name__, "stpt": type(self.stpt).__name__,
-                            "text_encoder": type(unwrap(self.text_encoder)).__name__},
-                "versions": {package: package_version(package) for package in PACKAGES},
-                "defaults": dataclasses.asdict(self.defaults),
-            }
-            atomic_write_text(staging / PIPELINE_FILE, json_text(config))
+            classes = {"tokenizer": type(self.tokenizer).__name__, "stpt": type(self.stpt).__name__,
+                       "text_encoder": type(unwrap(self.text_encoder)).__name__}
+            write_pipeline_file(staging, classes, dataclasses.asdict(self.defaults))
 
     @classmethod
     def from_pretrained(
@@ -357,39 +376,46 @@ class WorldDreamerPipeline:
         directory: str | os.PathLike,
         device: str | torch.device | None = None,
         dtype: str | torch.dtype | None = None,
+        memory_limit_gb: float | None = None,
     ) -> WorldDreamerPipeline:
-        """Load a directory written by `save_pretrained` onto `device` (see `to`); a missing or malformed part,
-        or parts that do not fit together, raise a one-line FileNotFoundError / ValueError naming the file."""
+        """Load a directory written by `save_pretrained` onto `device` (see `to`); a missing, malformed or damaged
+        part, weights holding NaN/inf, parts that do not fit together, or defaults whose one window would not fit
+        in memory (`memory_limit_gb`, see limits.py) raise a one-line FileNotFoundError / ValueError naming the
+        file."""
         directory = Path(directory)
         if not directory.is_dir():
             raise FileNotFoundError(f"pipeline directory {directory} does not exist")
-        path = directory / PIPELINE_FILE
-        config = read_json(path)
-        expected = {"tokenizer": VQGAN.__name__, "stpt": STPT.__name__}
-        classes = config.get("classes")
-        if not isinstance(classes, dict) or any(classes.get(part) != name for part, name in expected.items()):
-            raise ValueError(f"{path}: 'classes' must name tokenizer {expected['tokenizer']} and stpt "
-                             f"{expected['stpt']}, got {classes!r}")
-        try:
-            defaults = PipelineDefaults.from_dict(config.get("defaults", {}))
-        except (TypeError, ValueError) as error:
-            raise ValueError(f"{path}: bad defaults: {error}") from None
         for part in PARTS:
             if not (directory / part).is_dir():
                 raise FileNotFoundError(f"{directory / part} is missing; a pipeline directory holds "
                                         f"{', '.join(PARTS)}")
+        classes, defaults = read_pipeline_file(directory, PipelineDefaults.from_dict)
+        expected = {"tokenizer": VQGAN.__name__, "stpt": STPT.__name__}
+        if any(classes.get(part) != name for part, name in expected.items()):
+            raise ValueError(f"{directory / PIPELINE_FILE}: 'classes' must name tokenizer {expected['tokenizer']} "
+                             f"and stpt {expected['stpt']}, got {classes!r}")
         target = resolve_device(device)
         tokenizer = VQGAN.from_pretrained(directory / "tokenizer", device=target)
         stpt = STPT.from_pretrained(directory / "stpt", device=target)
         text_encoder = load_text_encoder(directory / "text_encoder", device=target)
         if classes.get("text_encoder") != type(text_encoder).__name__:
-            raise ValueError(f"{path} names text encoder {classes.get('text_encoder')!r}, but "
+            raise ValueError(f"{directory / PIPELINE_FILE} names text encoder {classes.get('text_encoder')!r}, but "
                              f"{directory / 'text_encoder'} holds a {type(text_encoder).__name__}")
+        modules = {"tokenizer": tokenizer, "stpt": stpt, "text_encoder": getattr(text_encoder, "model", None)}
+        for part, module in modules.items():
+            if isinstance(module, torch.nn.Module):
+                check_finite_weights(module, directory / part)
         try:
             pipeline = cls(tokenizer, stpt, text_encoder, defaults)
         except ValueError as error:
             raise ValueError(f"{directory}: {error}") from None
-        return pipeline.to(target, dtype)
+        pipeline.memory_limit_gb = memory_limit_gb
+        pipeline.to(target, dtype)
+        try:
+            pipeline.check_request(defaults.num_frames)
+        except MemoryLimitError as error:
+            raise ValueError(f"{directory / PIPELINE_FILE}: its defaults ask for too much: {error}") from None
+        return pipeline
 
 
 def _check_parts(tokenizer: VQGAN, stpt: STPT, text_encoder: TextEncoder, defaults: PipelineDefaults) -> None:

@@ -46,7 +46,7 @@ def mask_view(task: TaskResult) -> np.ndarray:
     return tinted.round().astype(np.uint8)
 
 
-def _columns(task: TaskResult) -> dict[str, np.ndarray]:
+def task_columns(task: TaskResult) -> dict[str, np.ndarray]:
     """The three clips shown for a task, each (N, H, W, 3)."""
     return {"input": _source(task), "mask": mask_view(task), "output": task.output_frames}
 
@@ -57,7 +57,7 @@ def write_task_media(task: TaskResult, directory: Path, fps: float) -> dict[str,
     folder = f"tasks/{task.name}"
     (directory / folder).mkdir(parents=True, exist_ok=True)
     paths = {column: f"{folder}/{column}.gif" for column in ("input", "mask", "output")}
-    for column, frames in _columns(task).items():
+    for column, frames in task_columns(task).items():
         write_video(directory / paths[column], frames, fps=fps)
     paths["mp4"] = f"{folder}/output.mp4"
     write_video(directory / paths["mp4"], task.output_frames, fps=fps)
@@ -68,7 +68,7 @@ def contact_sheet(tasks: list[TaskResult], path: Path, frames_shown: int = 4, sc
     """A PNG with one row per task and column: `frames_shown` evenly spaced frames of input, mask, output."""
     rows = []
     for task in tasks:
-        columns = _columns(task)
+        columns = task_columns(task)
         picks = np.linspace(0, len(task.output_frames) - 1, frames_shown).round().astype(int)
         strips = [np.concatenate(list(frames[picks]), axis=1) for frames in columns.values()]
         gap = np.full((strips[0].shape[0], 4, 3), 255, dtype=np.uint8)

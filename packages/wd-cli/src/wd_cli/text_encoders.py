@@ -20,9 +20,10 @@ from typing import Any, Protocol, runtime_checkable
 
 import torch
 from torch.nn.utils.rnn import pad_sequence
-from wd_tokenizer.io import atomic_write_text, read_json
+from wd_tokenizer.io import atomic_write_text, new_file_mode, read_json
 
 CONFIG_NAME = "config.json"
+MAX_DIM, MAX_LENGTH = 65_536, 4096  # sizes past any text encoder's: a damaged config must not allocate gigabytes
 T5_SUBFOLDER = "t5"  # transformers' own files (config.json, model.safetensors, tokenizer) live here
 _WORD = re.compile(r"[a-z0-9]+")
 
@@ -73,8 +74,10 @@ class HashTextEncoder:
     """
 
     def __init__(self, dim: int = 64, seed: int = 0, max_length: int = 32, position_weight: float = 0.5) -> None:
-        if dim < 2 or max_length < 1:
-            raise ValueError(f"need dim >= 2 and max_length >= 1, got dim={dim}, max_length={max_length}")
+        if not (2 <= dim <= MAX_DIM and 1 <= max_length <= MAX_LENGTH and math.isfinite(position_weight)):
+            raise ValueError(f"need dim in [2, {MAX_DIM}], max_length in [1, {MAX_LENGTH}] and a finite "
+                             f"position_weight, got dim={dim}, max_length={max_length}, "
+                             f"position_weight={position_weight}")
         self.dim, self.seed, self.max_length, self.position_weight = dim, seed, max_length, position_weight
         self._words: dict[str, torch.Tensor] = {}
         self._positions = _sinusoids(max_length, dim)
@@ -107,7 +110,7 @@ class HashTextEncoder:
     @classmethod
     def from_pretrained(cls, directory: str | os.PathLike) -> HashTextEncoder:
         """Rebuild the encoder that `save_pretrained` described in `directory`."""
-        return cls(**_fields(directory, ("dim", "seed", "max_length", "position_weight")))
+        return cls(**_fields(directory, {"dim": int, "seed": int, "max_length": int, "position_weight": float}))
 
 
 def _sinusoids(length: int, dim: int) -> torch.Tensor:
@@ -120,14 +123,19 @@ def _sinusoids(length: int, dim: int) -> torch.Tensor:
     return codes / codes.norm(dim=1, keepdim=True)
 
 
-def _fields(directory: str | os.PathLike, names: Sequence[str]) -> dict:
-    """The named fields of `directory/config.json` (only those present), one-line errors naming the file."""
+def _fields(directory: str | os.PathLike, types: dict[str, type]) -> dict:
+    """The named fields of `directory/config.json` (only those present), each of its type (an int is a fine
+    float, a bool is neither); one-line errors naming the file and field."""
     path = Path(directory) / CONFIG_NAME
     values = read_json(path)
-    unknown = set(values) - {"class", *names}
+    unknown = set(values) - {"class", *types}
     if unknown:
         raise ValueError(f"{path}: unknown text encoder fields {sorted(unknown)}")
-    return {name: values[name] for name in names if name in values}
+    for name, value in values.items():
+        allowed = (int, float) if types.get(name) is float else types.get(name, str)
+        if not isinstance(value, allowed) or isinstance(value, bool):
+            raise ValueError(f"{path}: {name} must be {types.get(name, str).__name__}, got {value!r}")
+    return {name: values[name] for name in types if name in values}
 
 
 class T5TextEncoder:
@@ -137,6 +145,8 @@ class T5TextEncoder:
     """
 
     def __init__(self, model: torch.nn.Module, tokenizer, max_length: int = 77) -> None:
+        if not 1 <= max_length <= MAX_LENGTH:
+            raise ValueError(f"max_length must be in [1, {MAX_LENGTH}], got {max_length}")
         self.model = model.eval().requires_grad_(False)
         self.tokenizer = tokenizer
         self.max_length = max_length
@@ -149,7 +159,7 @@ class T5TextEncoder:
         """A hub name or local path of a T5 (or a directory written by `save_pretrained`), frozen on `device`."""
         source = Path(name_or_path)
         if (source / T5_SUBFOLDER).is_dir():
-            saved = _fields(source, ("max_length",))
+            saved = _fields(source, {"max_length": int})
             max_length = max_length or saved.get("max_length")
             source = source / T5_SUBFOLDER
         model, tokenizer = _load_t5(str(source) if source.exists() else str(name_or_path))
@@ -173,6 +183,9 @@ class T5TextEncoder:
         directory = Path(directory)
         self.model.save_pretrained(directory / T5_SUBFOLDER, safe_serialization=True)
         self.tokenizer.save_pretrained(directory / T5_SUBFOLDER)
+        for path in (directory / T5_SUBFOLDER).iterdir():  # safetensors creates its file 0600
+            if path.is_file():
+                os.chmod(path, new_file_mode())
         _write_config(directory, {"class": type(self).__name__, "max_length": self.max_length})
 
 
@@ -188,8 +201,8 @@ def _load_t5(source: str) -> tuple[torch.nn.Module, Any]:
         with _quiet_transformers():
             model, info = transformers.T5EncoderModel.from_pretrained(source, output_loading_info=True)
             tokenizer = transformers.AutoTokenizer.from_pretrained(source)
-    except (OSError, ValueError, RuntimeError) as error:
-        reason = str(error).splitlines()[0]
+    except Exception as error:  # transformers raises many types for damaged files (a SafetensorError, ...)
+        reason = " ".join(str(error).split())
         if "ignore_mismatched_sizes" in reason:
             reason = "its weights do not have the shapes its config.json gives"
         raise ValueError(f"cannot load a T5 encoder from {source}: {reason}") from None
@@ -283,7 +296,7 @@ def load_text_encoder(directory: str | os.PathLike, device: str | torch.device =
     """Rebuild the encoder saved in `directory` (its config.json names the class); one-line errors."""
     path = Path(directory) / CONFIG_NAME
     name = read_json(path).get("class")
-    if name not in ENCODERS:
+    if not isinstance(name, str) or name not in ENCODERS:
         raise ValueError(f"{path}: unknown text encoder class {name!r}; expected one of {sorted(ENCODERS)}")
     if name == "T5TextEncoder":
         return T5TextEncoder.from_pretrained(directory, device=device)

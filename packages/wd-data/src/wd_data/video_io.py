@@ -24,6 +24,10 @@ from wd_data.transforms import Crop, crop_offset, normalize_size, resized_shape
 
 # Encoders tried in order: H.264 plays everywhere; MPEG-4 part 2 ships with every FFmpeg build.
 _ENCODERS = ("libx264", "h264", "libopenh264", "mpeg4")
+# Frame rates each format stores faithfully: a GIF frame lasts a whole number of centiseconds (at most 65535) and
+# players show delays under 2 cs as 10 cs; video time bases here have denominators up to 1001.
+FPS_LIMITS = {".gif": (0.01, 50.0)}
+DEFAULT_FPS_LIMITS = (0.01, 1000.0)
 # Frame times are floats of rational timestamps; this absorbs their rounding when matching a target time.
 _TIME_TOLERANCE = 1e-4
 # Timestamps are checked on the first frames decoded: B-frame reordering gone wrong shows within a few.
@@ -305,6 +309,17 @@ def _write_gif(path: str, frames: Iterator[np.ndarray], fps: float) -> None:
     first.save(path, format="GIF", save_all=True, append_images=images, duration=round(1000 / fps), loop=0)
 
 
+def check_video_fps(path: str | os.PathLike, fps: float) -> None:
+    """ValueError unless `path` has a suffix (it picks the format) and `fps` is a rate that format stores
+    faithfully (`FPS_LIMITS`); `write_video` checks this first, callers can check before any work."""
+    suffix = Path(path).suffix.lower()
+    if not suffix:
+        raise ValueError(f"{path}: the file suffix picks the format; use .mp4, .mkv or .gif")
+    low, high = FPS_LIMITS.get(suffix, DEFAULT_FPS_LIMITS)
+    if not (math.isfinite(fps) and low <= fps <= high):
+        raise ValueError(f"{path}: fps must be finite and in [{low:g}, {high:g}] for a {suffix} file, got {fps}")
+
+
 def write_video(path: str | os.PathLike, frames: np.ndarray | torch.Tensor | Iterable[np.ndarray], fps: float) -> Path:
     """Write uint8 (N, H, W, 3) frames (or an iterable of (H, W, 3)) to .gif, or .mp4/.mkv/... as H.264 yuv420p.
 
@@ -312,11 +327,8 @@ def write_video(path: str | os.PathLike, frames: np.ndarray | torch.Tensor | Ite
     A GIF stores a run of identical frames once, shown for their total duration (Pillow merges them), so it
     plays the same but may read back with fewer frames.
     """
-    if not (math.isfinite(fps) and fps > 0):
-        raise ValueError(f"fps must be finite and > 0, got {fps}")
+    check_video_fps(path, fps)
     suffix = Path(path).suffix.lower()
-    if not suffix:
-        raise ValueError(f"{path}: the file suffix picks the format; use .mp4, .mkv or .gif")
     writer = _write_gif if suffix == ".gif" else _write_with_pyav
     with atomic_path(path) as temporary:
         writer(temporary, _as_frames(frames), fps)

@@ -5,6 +5,7 @@ position, keeps the most confident draws and re-masks the rest, so that the numb
 [MASK] tokens follows the schedule and reaches zero after the last step.
 """
 
+import math
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, NamedTuple
@@ -18,6 +19,12 @@ from wd_masking.schedules import get_schedule
 
 ModelFn = Callable[[Tensor, Any], Tensor]
 StepCallback = Callable[[int, Tensor], None]
+
+# Bounds that keep every logit finite in float32/bfloat16: guidance and temperatures multiply or divide logits of
+# magnitude ~10-100, and past these the draws stop changing anyway.
+MAX_SCALE = 1e4  # guidance_scale, temperature, choice_temperature
+MIN_TEMPERATURE = 1e-4  # a positive temperature below this is argmax in all but overflow: use 0
+MAX_STEPS = 10_000  # decoding steps past the number of unknown tokens only repeat; the schedule table is (steps, B)
 
 
 @dataclass
@@ -34,14 +41,17 @@ class SamplerConfig:
 
     def __post_init__(self) -> None:
         get_schedule(self.schedule)
-        if self.steps < 1:
-            raise ValueError(f"steps must be >= 1, got {self.steps}")
+        if not 1 <= self.steps <= MAX_STEPS:
+            raise ValueError(f"steps must be in [1, {MAX_STEPS}], got {self.steps}")
         for name in ("guidance_scale", "temperature", "choice_temperature"):
-            if getattr(self, name) < 0:
-                raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
+            value = getattr(self, name)
+            if not (math.isfinite(value) and 0 <= value <= MAX_SCALE):
+                raise ValueError(f"{name} must be a finite number in [0, {MAX_SCALE:g}], got {value}")
+        if 0 < self.temperature < MIN_TEMPERATURE:
+            raise ValueError(f"temperature must be 0 (argmax) or >= {MIN_TEMPERATURE:g}, got {self.temperature}")
         if self.top_k is not None and self.top_k < 1:
             raise ValueError(f"top_k must be >= 1 or None, got {self.top_k}")
-        if self.top_p is not None and not 0 < self.top_p <= 1:
+        if self.top_p is not None and not (math.isfinite(self.top_p) and 0 < self.top_p <= 1):
             raise ValueError(f"top_p must be in (0, 1] or None, got {self.top_p}")
 
 
@@ -123,7 +133,7 @@ def _draw_(
     log_normalizer = None
     if not plain:
         weights, peak = _shifted_exp(logits, scratch)
-        log_normalizer = peak.squeeze(1) + weights.sum(dim=-1).log()
+        log_normalizer = _finite(peak.squeeze(1) + weights.sum(dim=-1).log())
     if config.temperature == 0:
         drawn = logits.argmax(dim=-1)
         return drawn, logits.gather(1, drawn[:, None]).squeeze(1) - log_normalizer
@@ -137,11 +147,22 @@ def _draw_(
     # the first token whose cumulative weight reaches a threshold in (0, total] has weight > 0.
     cdf = weights.cumsum_(dim=-1)
     total = cdf[:, -1:].contiguous()
+    _finite(peak + total.log())  # the tempered, filtered distribution
     uniform = torch.rand(total.shape, generator=generator, device=total.device, dtype=total.dtype)
     drawn = torch.searchsorted(cdf, (1 - uniform) * total).squeeze(1)
     if log_normalizer is None:
         log_normalizer = (peak + total.log()).squeeze(1)
     return drawn, logits.gather(1, drawn[:, None]).squeeze(1) * config.temperature - log_normalizer
+
+
+def _finite(values: Tensor) -> Tensor:
+    """`values` (per-row normalizers); ValueError when one is NaN or inf: the network gave non-finite logits, and
+    a draw from them would be an out-of-range id or silently arbitrary."""
+    bad = int((~torch.isfinite(values)).sum())
+    if bad:
+        raise ValueError(f"the network's logits are not finite (NaN or inf) at {bad} of {values.numel()} tokens: its "
+                         "weights hold NaN/inf, or the inputs (guidance, temperature, actions) overflow")
+    return values
 
 
 def _guide_(conditional: Tensor, unconditional: Tensor, guidance_scale: float) -> Tensor:

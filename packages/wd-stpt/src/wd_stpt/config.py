@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass
 from typing import Any
 
@@ -46,11 +47,13 @@ class STPTConfig:
         if not _is_number_list(self.action_scale):
             raise ValueError(f"action_scale must be a sequence of numbers, got {self.action_scale!r}")
         object.__setattr__(self, "action_scale", tuple(float(value) for value in self.action_scale))
-        if self.action_scale and (len(self.action_scale) != self.action_dim or min(self.action_scale) <= 0):
-            raise ValueError(f"action_scale must be empty or {self.action_dim} positive numbers (one per action "
-                             f"dimension), got {self.action_scale}")
-        if self.mlp_ratio <= 0:
-            raise ValueError(f"mlp_ratio must be > 0, got {self.mlp_ratio}")
+        finite = all(math.isfinite(value) for value in self.action_scale)
+        if self.action_scale and (len(self.action_scale) != self.action_dim or min(self.action_scale) <= 0
+                                  or not finite):
+            raise ValueError(f"action_scale must be empty or {self.action_dim} finite positive numbers (one per "
+                             f"action dimension), got {self.action_scale}")
+        if not (math.isfinite(self.mlp_ratio) and self.mlp_ratio > 0):
+            raise ValueError(f"mlp_ratio must be a finite number > 0, got {self.mlp_ratio}")
         if self.conv not in CONV_KINDS:
             raise ValueError(f"conv must be one of {CONV_KINDS}, got {self.conv!r}")
         if self.attention_backend not in ATTENTION_BACKENDS:
@@ -72,17 +75,7 @@ class STPTConfig:
         if not isinstance(values, dict):
             raise TypeError(f"an STPT config must be a dict of fields, got {type(values).__name__}")
         _check_known(values)
-        fields = {field.name: field for field in dataclasses.fields(cls)}
-        for name, value in values.items():
-            expected = type(fields[name].default)
-            if expected is tuple:  # action_scale: JSON has lists
-                if not _is_number_list(value):
-                    raise TypeError(f"STPTConfig field {name} must be a list of numbers, got {value!r}")
-                continue
-            # bool is an int subclass (reject it for int fields); a JSON integer is a fine float.
-            allowed = (int, float) if expected is float else (expected,)
-            if not isinstance(value, allowed) or (isinstance(value, bool) and expected is not bool):
-                raise TypeError(f"STPTConfig field {name} must be {expected.__name__}, got {value!r}")
+        _check_types(values)
         return cls(**values)
 
 
@@ -91,6 +84,21 @@ def _is_number_list(value: Any) -> bool:
     return isinstance(value, (list, tuple)) and all(
         isinstance(item, (int, float)) and not isinstance(item, bool) for item in value
     )
+
+
+def _check_types(values: dict[str, Any]) -> None:
+    """Raise TypeError naming the first value that is not of its field's type."""
+    fields = {field.name: field for field in dataclasses.fields(STPTConfig)}
+    for name, value in values.items():
+        expected = type(fields[name].default)
+        if expected is tuple:  # action_scale: JSON has lists
+            if not _is_number_list(value):
+                raise TypeError(f"STPTConfig field {name} must be a list of numbers, got {value!r}")
+            continue
+        # bool is an int subclass (reject it for int fields); a JSON integer is a fine float.
+        allowed = (int, float) if expected is float else (expected,)
+        if not isinstance(value, allowed) or (isinstance(value, bool) and expected is not bool):
+            raise TypeError(f"STPTConfig field {name} must be {expected.__name__}, got {value!r}")
 
 
 def _check_known(values: dict[str, Any]) -> None:
@@ -116,4 +124,5 @@ def get_config(name: str, **overrides: Any) -> STPTConfig:
     if name not in PRESETS:
         raise ValueError(f"unknown STPT preset {name!r}; choose one of {sorted(PRESETS)}")
     _check_known(overrides)
+    _check_types(overrides)
     return dataclasses.replace(PRESETS[name], **overrides)

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
+import stat
+import uuid
 from collections.abc import Callable
 from pathlib import Path
 
@@ -105,7 +106,7 @@ class STPT(nn.Module):
                 raise FileNotFoundError(f"{directory} has no {name}; expected a directory written by save_pretrained")
         try:
             values = json.loads((directory / CONFIG_NAME).read_text())
-        except json.JSONDecodeError as error:
+        except (json.JSONDecodeError, UnicodeDecodeError) as error:
             raise ValueError(f"{directory / CONFIG_NAME} is not valid JSON: {error}") from None
         try:
             config = STPTConfig.from_dict(values)
@@ -149,12 +150,26 @@ def _check_state(state: dict[str, torch.Tensor], expected: dict[str, torch.Tenso
 
 
 def _atomic_write(path: Path, write: Callable[[str], object]) -> None:
-    """Call write(temp_path) on a temporary file next to `path`, then rename it into place."""
-    handle, temp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    os.close(handle)
+    """Call write(temp_path) on a temporary file next to `path`, then rename it into place. The file ends with the
+    mode a plain write gives (the umask's; an old file's when it replaces one); a failed write is a one-line
+    OSError naming `path`, not the temporary file."""
+    temp = path.with_name(f".{path.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}")
     try:
-        write(temp)
+        write(str(temp))
+        os.chmod(temp, _plain_file_mode(path))
         os.replace(temp, path)
-    except BaseException:
-        os.unlink(temp)
-        raise
+    except (OSError, SafetensorError) as error:
+        reason = error.strerror if isinstance(error, OSError) and error.strerror else str(error).splitlines()[0]
+        raise OSError(f"cannot write {path}: {reason}") from error
+    finally:
+        temp.unlink(missing_ok=True)
+
+
+def _plain_file_mode(path: Path) -> int:
+    """The mode `open(path, "w")` would leave: the file's own when it exists, else 0o666 less the umask (writers
+    such as safetensors create their files 0600, which other users could not read)."""
+    if path.exists():
+        return stat.S_IMODE(path.stat().st_mode)
+    umask = os.umask(0)
+    os.umask(umask)
+    return 0o666 & ~umask

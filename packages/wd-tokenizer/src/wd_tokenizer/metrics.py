@@ -35,8 +35,10 @@ def ssim(reconstruction: torch.Tensor, target: torch.Tensor) -> float:
 
 
 def code_histogram(ids: torch.Tensor, codebook_size: int) -> torch.Tensor:
-    """Counts (K,) of each code in an int tensor of any shape."""
-    return torch.bincount(ids.flatten().long(), minlength=codebook_size)[:codebook_size]
+    """Counts (K,) of each code in an int tensor of any shape (ids outside [0, K) are not counted)."""
+    ids = ids.flatten().long()
+    # NaN latents (a step about to be skipped) quantize to ids outside the codebook: they are not codes.
+    return torch.bincount(ids[(ids >= 0) & (ids < codebook_size)], minlength=codebook_size)
 
 
 def codebook_usage(counts: torch.Tensor) -> float:

@@ -11,17 +11,23 @@ from __future__ import annotations
 import copy
 import dataclasses
 import json
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal, NamedTuple
 
 import torch
 from einops import rearrange
+from safetensors import safe_open
 from torch import nn
 
+from wd_tokenizer.fieldtypes import check_field_types
 from wd_tokenizer.io import atomic_write_text, checkpoint_dir, read_json, read_tensors, save_module_weights
 from wd_tokenizer.modules import Decoder, Encoder, PatchEncoder
 from wd_tokenizer.quantizers import build_quantizer
+
+
+MAX_CODEBOOK = 2**20  # FSQ keeps its whole implicit codebook in memory; the paper's has 8192 codes
 
 
 @dataclass
@@ -55,11 +61,25 @@ class VQGANConfig:
     encoder: Literal["conv", "patch"] = "conv"
 
     def __post_init__(self) -> None:
+        check_field_types(self)
+        positive = ("hidden_channels", "resolution", "z_channels", "embed_dim", "num_embeddings", "norm_groups")
+        small = {name: getattr(self, name) for name in positive if getattr(self, name) < 1}
+        if small or self.num_res_blocks < 0 or min(self.channel_mult, default=0) < 1:
+            raise ValueError(f"{', '.join(small) or 'num_res_blocks or channel_mult'} out of range: the sizes must "
+                             f"be >= 1 (num_res_blocks >= 0, channel_mult a non-empty list), got {self}")
         widths = [self.hidden_channels * m for m in self.channel_mult]
-        if not self.channel_mult or any(w % self.norm_groups for w in widths):
+        if any(w % self.norm_groups for w in widths):
             raise ValueError(f"every width {widths} must be a multiple of norm_groups={self.norm_groups}")
         if self.pixel_range not in ("unit", "signed"):
             raise ValueError(f"pixel_range must be 'unit' or 'signed', got {self.pixel_range!r}")
+        if not 0 <= self.dropout < 1 or self.commitment_weight < 0 or not 0 <= self.ema_decay <= 1:
+            raise ValueError(f"dropout must be in [0, 1), commitment_weight >= 0 and ema_decay in [0, 1], got "
+                             f"{self.dropout}, {self.commitment_weight}, {self.ema_decay}")
+        if self.fsq_levels is not None and min(self.fsq_levels, default=0) < 2:
+            raise ValueError(f"fsq_levels must be a non-empty list of levels >= 2, got {self.fsq_levels}")
+        codes = math.prod(self.fsq_levels) if self.quantizer == "fsq" and self.fsq_levels else self.num_embeddings
+        if codes > MAX_CODEBOOK:
+            raise ValueError(f"a codebook of {codes} codes is past MAX_CODEBOOK = {MAX_CODEBOOK}")
         if self.encoder not in ("conv", "patch"):
             raise ValueError(f"encoder must be 'conv' or 'patch', got {self.encoder!r}")
 
@@ -188,9 +208,19 @@ class VQGAN(nn.Module):
     def from_pretrained(cls, directory: str | Path, device: str | torch.device = "cpu") -> VQGAN:
         """Load a directory written by `save_pretrained` (strict: every tensor must match)."""
         directory = checkpoint_dir(directory)
-        config = config_from_dict(read_json(directory / "config.json"))
-        model = cls(config)
-        load_state_dict_strict(model, read_tensors(directory / "model.safetensors", device=device))
+        values = read_json(directory / "config.json")
+        try:
+            config = config_from_dict(values)
+        except ValueError as error:
+            raise ValueError(f"{directory / 'config.json'}: {error}") from None
+        weights = directory / "model.safetensors"
+        state = read_tensors(weights, device=device)  # first: a missing or unreadable file says so itself
+        try:
+            check_encoder_decoder_shapes(config, weights)
+            model = cls(config)
+            load_state_dict_strict(model, state)
+        except ValueError as error:
+            raise ValueError(f"{weights}: {error}") from None
         return model.to(device).eval()
 
 
@@ -216,23 +246,39 @@ def config_from_dict(values: dict) -> VQGANConfig:
 def load_state_dict_strict(model: nn.Module, state: dict[str, torch.Tensor]) -> None:
     """Load `state` into `model`; a ValueError (one line) counts the missing, unexpected and mis-shaped keys and
     names the first few of each."""
-    expected = model.state_dict()
+    check_shapes({k: v.shape for k, v in model.state_dict().items()}, {k: v.shape for k, v in state.items()})
+    model.load_state_dict(state, strict=True)
+
+
+def check_shapes(expected: dict[str, torch.Size], found: dict[str, torch.Size]) -> None:
+    """ValueError (one line) counting the missing, unexpected and mis-shaped keys of `found` against `expected`."""
     problems = {
-        "missing": sorted(set(expected) - set(state)),
-        "unexpected": sorted(set(state) - set(expected)),
-        "wrong shape": sorted(f"{k}: {tuple(state[k].shape)} != {tuple(expected[k].shape)}"
-                              for k in set(state) & set(expected) if state[k].shape != expected[k].shape),
+        "missing": sorted(set(expected) - set(found)),
+        "unexpected": sorted(set(found) - set(expected)),
+        "wrong shape": sorted(f"{k}: {tuple(found[k])} != {tuple(expected[k])}"
+                              for k in set(found) & set(expected) if tuple(found[k]) != tuple(expected[k])),
     }
     if any(problems.values()):
         listed = "; ".join(f"{len(keys)} {kind} {_first_few(keys)}" for kind, keys in problems.items() if keys)
         raise ValueError(f"checkpoint does not match the model: {listed}")
-    model.load_state_dict(state, strict=True)
 
 
 def _first_few(names: list[str], limit: int = 3) -> str:
     """`['a', 'b', 'c', ...]`: a key list short enough for one line (a wrong architecture misses hundreds)."""
     shown = ", ".join(repr(name) for name in names[:limit])
     return f"[{shown}{', ...' if len(names) > limit else ''}]"
+
+
+def check_encoder_decoder_shapes(config: VQGANConfig, path: Path) -> None:
+    """ValueError when the encoder and decoder that `config` describes do not have the shapes stored in the
+    safetensors file `path`, found from the shapes alone (a meta-device build and the file's header): a damaged
+    config must not allocate a model many times the size of its weights before the mismatch shows."""
+    with torch.device("meta"):
+        parts = {"encoder": Encoder(config), "decoder": Decoder(config)}
+    expected = {f"{part}.{k}": v.shape for part, module in parts.items() for k, v in module.state_dict().items()}
+    with safe_open(path, framework="pt") as weights:
+        found = {k: weights.get_slice(k).get_shape() for k in weights.keys() if k.startswith(("encoder.", "decoder."))}
+    check_shapes(expected, found)
 
 
 # FSQ for the small presets: on synthetic shapes a VectorQuantize codebook (cosine, dim 8, k-means, dead-code

@@ -1,7 +1,9 @@
 """The VQGAN training loop a CLI calls: AdamW, bf16 autocast, gradient accumulation, atomic checkpoints and resume.
 
 Run directory layout: `config.json`, `metrics.jsonl`, `checkpoints/step_XXXXXXX/` holding `model/`
-(`save_pretrained`), `discriminator.safetensors` and `trainer_state.pt` (optimizers, step, RNG).
+(`save_pretrained`), `discriminator.safetensors`, `trainer_state.pt` (optimizers, step, RNG) and `manifest.json`
+(see checkpoints.py). A step with a non-finite loss or gradient is skipped (nonfinite.py); resume takes the newest
+checkpoint that loads, warning about each newer one it skips.
 """
 
 from __future__ import annotations
@@ -9,9 +11,8 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
-import os
-import shutil
 import time
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,10 +22,13 @@ import torch
 from einops import rearrange
 from tqdm.auto import tqdm
 
-from wd_tokenizer.io import atomic_write_text, read_tensors, save_module_weights
+from wd_tokenizer.checkpoints import checkpoint_dirs, prune, remove_leftovers, staged_checkpoint, verify_checkpoint
+from wd_tokenizer.io import atomic_write_text, read_state, read_tensors, save_module_weights
 from wd_tokenizer.losses import LossConfig, VQGANLoss
 from wd_tokenizer.metrics import code_histogram, codebook_perplexity, codebook_usage
 from wd_tokenizer.model import VQGAN, load_state_dict_strict
+from wd_tokenizer.nonfinite import SkippedSteps, TrainingDiverged, all_finite, buffer_snapshot, first_non_finite
+from wd_tokenizer.runlock import hold_run_directory
 
 BatchFn = Callable[[int], torch.Tensor]
 
@@ -41,12 +45,17 @@ class TrainConfig:
     keep_checkpoints: int = 3
     log_every: int = 100
     seed: int = 0
+    max_nonfinite_steps: int = 20  # skipped steps (non-finite loss or gradient) in a row that stop the run
     loss: LossConfig = field(default_factory=LossConfig)
     # Total training time over all calls of the run: training stops (with a checkpoint) once it is spent.
     time_budget_minutes: float | None = None
 
     def __post_init__(self) -> None:
-        counts = ("grad_accumulation", "checkpoint_every", "keep_checkpoints", "log_every")
+        if not (all_finite(self.lr, self.weight_decay, *self.betas) and self.lr >= 0 and self.weight_decay >= 0
+                and all(0 <= beta < 1 for beta in self.betas)):
+            raise ValueError(f"lr and weight_decay must be finite numbers >= 0 and betas in [0, 1), got lr={self.lr}, "
+                             f"weight_decay={self.weight_decay}, betas={self.betas}")
+        counts = ("grad_accumulation", "checkpoint_every", "keep_checkpoints", "log_every", "max_nonfinite_steps")
         bad = {name: getattr(self, name) for name in counts if getattr(self, name) < 1}
         if self.steps < 0:
             bad["steps"] = self.steps
@@ -74,18 +83,27 @@ def frame_batches(frames: torch.Tensor, batch_size: int, seed: int = 0) -> Batch
     return batch
 
 
-def checkpoint_dirs(run_dir: Path) -> list[Path]:
-    """Complete checkpoints, oldest first (incomplete ones keep their temporary name and are never listed)."""
-    # By number: past 9,999,999 steps the zero-padded names no longer sort as text.
-    return sorted((run_dir / "checkpoints").glob("step_[0-9]*"), key=lambda path: int(path.name[len("step_"):]))
-
-
 def logged_step(line: str) -> float:
-    """The step of one metrics.jsonl line; infinity for a line cut short, so that it is dropped."""
+    """The step of one metrics.jsonl line; infinity for a line cut short or damaged, so that it is dropped."""
     try:
-        return json.loads(line)["step"]
-    except (json.JSONDecodeError, KeyError, TypeError):
+        step = json.loads(line)["step"]
+    except (json.JSONDecodeError, KeyError, TypeError, IndexError):
         return math.inf
+    return step if isinstance(step, int) and not isinstance(step, bool) else math.inf
+
+
+def metrics_line(values: dict[str, float]) -> str:
+    """One metrics.jsonl line; a NaN or inf value (a skipped step) is written as null, keeping the line JSON."""
+    return json.dumps({name: value if not isinstance(value, float) or math.isfinite(value) else None
+                       for name, value in values.items()}) + "\n"
+
+
+def kept_metrics(path: Path, step: int) -> None:
+    """Drop the lines of a metrics.jsonl logged after `step` (a resumed run logs those steps again) and any line cut
+    short or damaged (undecodable bytes included)."""
+    if path.exists():
+        lines = path.read_text(errors="replace").splitlines()
+        atomic_write_text(path, "".join(line + "\n" for line in lines if logged_step(line) <= step))
 
 
 def use_bf16(mode: str, device: torch.device) -> bool:
@@ -110,16 +128,21 @@ class Trainer:
         self.step = 0
         self.trained_seconds = 0.0  # over all calls of this run
         self.codes = torch.zeros(model.codebook_size, dtype=torch.long)  # code histogram since the last log line
+        self.skipped = SkippedSteps(config.max_nonfinite_steps, "train.max_nonfinite_steps")
 
     def autocast(self) -> torch.autocast:
         return torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.bf16)
 
     def train_step(self, batch_fn: BatchFn) -> dict[str, float]:
-        """One optimizer step over `grad_accumulation` micro-batches; returns the mean of the logged terms."""
+        """One optimizer step over `grad_accumulation` micro-batches; returns the mean of the logged terms. A
+        non-finite generator (or discriminator) loss or gradient norm skips that update; logs["skipped"] is 1."""
         c, model, disc = self.config, self.model, self.loss.discriminator
         gan_on = self.step >= c.loss.disc_start
         logs: dict[str, float] = {}
         pairs = []
+        total = torch.zeros((), device=self.device)
+        codes = torch.zeros_like(self.codes)
+        restore_buffers = buffer_snapshot(model, disc)
         disc.requires_grad_(False)  # the generator pass must not leave gradients on the discriminator
         for micro in range(c.grad_accumulation):
             pixels = batch_fn(self.step * c.grad_accumulation + micro).to(self.device)
@@ -127,100 +150,137 @@ class Trainer:
                 output = model(pixels)
                 loss, micro_logs = self.loss.generator_loss(pixels, output, model.decoder.conv_out.weight, self.step)
             (loss / c.grad_accumulation).backward()
-            self.codes += code_histogram(output.ids.detach().cpu(), model.codebook_size)
+            total += loss.detach().float() / c.grad_accumulation
+            codes = codes + code_histogram(output.ids.detach().cpu(), model.codebook_size)
             for key, value in micro_logs.items():
                 logs[key] = logs.get(key, 0.0) + value / c.grad_accumulation
             if gan_on:
                 pairs.append((pixels, output.reconstruction.detach()))
-        self.opt_g.step()
-        self.opt_g.zero_grad(set_to_none=True)
+        skipped = not self._apply(self.opt_g, float(total), model)
+        if not skipped:
+            self.codes += codes
         disc.requires_grad_(True)
-        for pixels, reconstruction in pairs:
+        d_total = torch.zeros((), device=self.device)
+        for pixels, reconstruction in pairs if not skipped else []:
             with self.autocast():
                 d_loss = self.loss.discriminator_loss(pixels, reconstruction)
             (d_loss / c.grad_accumulation).backward()
-            logs["disc"] = logs.get("disc", 0.0) + d_loss.item() / c.grad_accumulation
-        if pairs:
-            self.opt_d.step()
-            self.opt_d.zero_grad(set_to_none=True)
+            d_total += d_loss.detach().float() / c.grad_accumulation
+        if pairs and not skipped:
+            logs["disc"] = float(d_total)
+            skipped = not self._apply(self.opt_d, logs["disc"], disc)
+        if skipped:
+            restore_buffers()
         self.step += 1
-        return logs
+        self.skipped.record(skipped, self.step, {"loss": float(total), **({"disc": logs["disc"]} if "disc" in logs
+                                                                           else {})})
+        return {**logs, "skipped": float(skipped)}
+
+    def _apply(self, optimizer: torch.optim.Optimizer, loss: float, module: torch.nn.Module) -> bool:
+        """Step `optimizer` unless the loss or `module`'s gradient norm is not finite; clear the gradients either
+        way. -> whether it stepped."""
+        grads = [param.grad for param in module.parameters() if param.grad is not None]
+        finite = all_finite(loss, float(torch.nn.utils.get_total_norm(grads))) if grads else all_finite(loss)
+        if finite:
+            optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        return finite
 
     def save_checkpoint(self) -> Path:
-        """Write `checkpoints/step_XXXXXXX/` under a temporary name, rename it when complete, prune old ones."""
-        final = self.run_dir / "checkpoints" / f"step_{self.step:07d}"
-        tmp = final.with_name(f".{final.name}.tmp-{os.getpid()}")
-        shutil.rmtree(tmp, ignore_errors=True)
-        self.model.save_pretrained(tmp / "model")
-        save_module_weights(self.loss.discriminator, tmp / "discriminator.safetensors")
-        state = {"step": self.step, "opt_g": self.opt_g.state_dict(), "opt_d": self.opt_d.state_dict(),
-                 "codes": self.codes, "rng": torch.get_rng_state(), "trained_seconds": self.trained_seconds}
-        if torch.cuda.is_available():
-            state["cuda_rng"] = torch.cuda.get_rng_state_all()
-        torch.save(state, tmp / "trainer_state.pt")
-        shutil.rmtree(final, ignore_errors=True)
-        os.replace(tmp, final)
-        for old in checkpoint_dirs(self.run_dir)[: -self.config.keep_checkpoints]:
-            shutil.rmtree(old)
-        return final
+        """Write `checkpoints/step_XXXXXXX/` (see checkpoints.py), then prune old ones; TrainingDiverged instead
+        when a weight is not finite (such a checkpoint is never written)."""
+        for module, prefix in ((self.model, ""), (self.loss.discriminator, "discriminator.")):
+            name = first_non_finite(module.state_dict().items())
+            if name is not None:
+                raise TrainingDiverged(f"{prefix}{name} holds NaN or inf at step {self.step}; checkpoint not "
+                                       "written (lower lr and resume from the last checkpoint)")
+        with staged_checkpoint(self.run_dir, self.step) as staging:
+            self.model.save_pretrained(staging / "model")
+            save_module_weights(self.loss.discriminator, staging / "discriminator.safetensors")
+            state = {"step": self.step, "opt_g": self.opt_g.state_dict(), "opt_d": self.opt_d.state_dict(),
+                     "codes": self.codes, "rng": torch.get_rng_state(), "skipped_steps": self.skipped.total,
+                     "trained_seconds": self.trained_seconds}
+            if torch.cuda.is_available():
+                state["cuda_rng"] = torch.cuda.get_rng_state_all()
+            with open(staging / "trainer_state.pt", "wb") as handle:  # a handle: a failed write keeps its errno
+                torch.save(state, handle)
+        prune(self.run_dir, self.config.keep_checkpoints)
+        return self.run_dir / "checkpoints" / f"step_{self.step:07d}"
 
     def load_checkpoint(self, directory: Path) -> None:
-        load_state_dict_strict(self.model, read_tensors(directory / "model" / "model.safetensors", self.device))
-        load_state_dict_strict(self.loss.discriminator,
-                               read_tensors(directory / "discriminator.safetensors", self.device))
-        state = torch.load(directory / "trainer_state.pt", map_location="cpu", weights_only=True)
-        self.opt_g.load_state_dict(state["opt_g"])
-        self.opt_d.load_state_dict(state["opt_d"])
-        self.step, self.codes = state["step"], state["codes"]
-        self.trained_seconds = float(state.get("trained_seconds", 0.0))
-        torch.set_rng_state(state["rng"])
+        """Restore everything `save_checkpoint` wrote; a damaged or mismatched checkpoint is a one-line ValueError
+        naming it."""
+        try:
+            verify_checkpoint(directory)
+            model = read_tensors(directory / "model" / "model.safetensors", self.device)
+            discriminator = read_tensors(directory / "discriminator.safetensors", self.device)
+            state = read_state(directory / "trainer_state.pt")
+            load_state_dict_strict(self.model, model)
+            load_state_dict_strict(self.loss.discriminator, discriminator)
+            self.opt_g.load_state_dict(state["opt_g"])
+            self.opt_d.load_state_dict(state["opt_d"])
+            self.step, self.codes = int(state["step"]), state["codes"]
+            self.skipped.total = int(state.get("skipped_steps", 0))
+            self.trained_seconds = float(state.get("trained_seconds", 0.0))
+            torch.set_rng_state(state["rng"])
+        except (OSError, ValueError, KeyError, TypeError, RuntimeError) as error:
+            raise ValueError(f"cannot resume from {directory}: {' '.join(str(error).split())}") from None
         if "cuda_rng" in state and torch.cuda.is_available():
             torch.cuda.set_rng_state_all(state["cuda_rng"])
-        self.forget_metrics_after(self.step)
+        kept_metrics(self.run_dir / "metrics.jsonl", self.step)
 
-    def forget_metrics_after(self, step: int) -> None:
-        """Drop metrics.jsonl lines logged after `step` (a resumed run logs those steps again) and a last line
-        cut short by a crash."""
-        path = self.run_dir / "metrics.jsonl"
-        if path.exists():
-            kept = [line for line in path.read_text().splitlines() if logged_step(line) <= step]
-            atomic_write_text(path, "".join(line + "\n" for line in kept))
+    def resume(self) -> None:
+        """Load the newest checkpoint that loads, with a warning for each newer one skipped; ValueError when there
+        are checkpoints but none loads."""
+        reasons = []
+        for directory in reversed(checkpoint_dirs(self.run_dir)):
+            try:
+                self.load_checkpoint(directory)
+            except ValueError as error:
+                warnings.warn(f"skipping checkpoint {directory}: {error}", stacklevel=2)
+                reasons.append(directory.name)
+                continue
+            return
+        if reasons:
+            raise ValueError(f"no checkpoint of {self.run_dir} loads ({', '.join(reasons)}: see the warnings); "
+                             "move them away to start over")
 
     def log(self, logs: dict[str, float]) -> dict[str, float]:
         """Append one metrics.jsonl line with the loss terms and codebook use since the previous line."""
         record = {"step": self.step, **logs, "codebook_usage": codebook_usage(self.codes),
                   "perplexity": codebook_perplexity(self.codes)}
-        with open(self.run_dir / "metrics.jsonl", "a") as f:
-            f.write(json.dumps(record) + "\n")
+        with open(self.run_dir / "metrics.jsonl", "a") as handle:
+            handle.write(metrics_line(record))
         self.codes.zero_()
         return record
 
     def fit(self, batch_fn: BatchFn, progress: bool = True) -> VQGAN:
-        self.run_dir.mkdir(parents=True, exist_ok=True)
-        checkpoints = checkpoint_dirs(self.run_dir)
-        if checkpoints:
-            self.load_checkpoint(checkpoints[-1])
-        config = {"model": dataclasses.asdict(self.model.config), "train": dataclasses.asdict(self.config)}
-        atomic_write_text(self.run_dir / "config.json", json.dumps(config, indent=2))
-        self.model.train()
-        self.loss.train()
-        bar = tqdm(total=self.config.steps, initial=self.step, disable=not progress, desc="vqgan")
-        budget = math.inf if self.config.time_budget_minutes is None else 60 * self.config.time_budget_minutes
-        while self.step < self.config.steps and self.trained_seconds < budget:
-            start = time.monotonic()
-            logs = self.train_step(batch_fn)
-            self.trained_seconds += time.monotonic() - start
-            bar.update(1)
-            last = self.step == self.config.steps or self.trained_seconds >= budget
-            if self.step % self.config.log_every == 0 or last:
-                record = self.log(logs)
-                bar.set_postfix(l1=f"{record['l1']:.4f}", usage=f"{record['codebook_usage']:.2f}")
-            if self.step % self.config.checkpoint_every == 0 or last:
-                self.save_checkpoint()
-        if self.step < self.config.steps and progress:
-            tqdm.write(f"vqgan: time budget of {self.config.time_budget_minutes:g} min spent, stopping at step "
-                       f"{self.step} of {self.config.steps}")
-        bar.close()
+        """Train to `config.steps` holding the run directory's lock (runlock.py), resuming first."""
+        with hold_run_directory(self.run_dir):
+            remove_leftovers(self.run_dir)
+            self.resume()
+            config = {"model": dataclasses.asdict(self.model.config), "train": dataclasses.asdict(self.config)}
+            atomic_write_text(self.run_dir / "config.json", json.dumps(config, indent=2))
+            self.model.train()
+            self.loss.train()
+            bar = tqdm(total=self.config.steps, initial=self.step, disable=not progress, desc="vqgan")
+            budget = math.inf if self.config.time_budget_minutes is None else 60 * self.config.time_budget_minutes
+            while self.step < self.config.steps and self.trained_seconds < budget:
+                start = time.monotonic()
+                logs = self.train_step(batch_fn)
+                self.trained_seconds += time.monotonic() - start
+                bar.update(1)
+                last = self.step == self.config.steps or self.trained_seconds >= budget
+                if self.step % self.config.log_every == 0 or last:
+                    record = self.log({**logs, "skipped_steps": self.skipped.total})
+                    bar.set_postfix(l1=f"{record['l1']:.4f}", usage=f"{record['codebook_usage']:.2f}",
+                                    skipped=self.skipped.total)
+                if self.step % self.config.checkpoint_every == 0 or last:
+                    self.save_checkpoint()
+            if self.step < self.config.steps and progress:
+                tqdm.write(f"vqgan: time budget of {self.config.time_budget_minutes:g} min spent, stopping at step "
+                           f"{self.step} of {self.config.steps}")
+            bar.close()
         return self.model.eval()
 
 

@@ -8,7 +8,9 @@ from typing import Any
 
 import click
 from wd_data import DataSourceError
+from wd_tokenizer.nonfinite import TrainingDiverged
 
+from wd_cli.errors import one_line
 from wd_cli.train.config import STPTRunConfig
 from wd_cli.train.configfile import ConfigError, load_config
 from wd_cli.train.export import export_run
@@ -24,16 +26,18 @@ run_dir_argument = click.argument("run_dir", type=click.Path(file_okay=False))
 
 
 def config_errors_in_one_line(command: Callable[..., Any]) -> Callable[..., Any]:
-    """Turn configuration mistakes (ConfigError) and data that cannot feed the run (DataSourceError: a source
-    that yields nothing or skips too much) into one-line click errors; other errors keep their traceback, since
-    mid-training they are bugs to report, not user mistakes. Closes the process group either way."""
+    """Turn what the user or the machine must fix into one-line click errors: configuration mistakes
+    (ConfigError), data that cannot feed the run (DataSourceError: a source that yields nothing or skips too
+    much), files that cannot be read or written (OSError: a full disk, a busy run directory, a damaged file), a
+    diverged run. Other errors keep their traceback, since mid-training they are bugs to report. Closes the
+    process group either way."""
 
     @wraps(command)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         try:
             return command(*args, **kwargs)
-        except (ConfigError, DataSourceError) as error:
-            raise click.ClickException(str(error)) from None
+        except (ConfigError, DataSourceError, OSError, EOFError, TrainingDiverged) as error:
+            raise click.ClickException(one_line(error)) from None
         finally:
             close_distributed()
 

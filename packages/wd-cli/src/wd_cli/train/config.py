@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -86,6 +87,7 @@ class TrainSection:
     # auto: bf16 autocast where it is faster (CUDA; a CPU with bf16 units, measured: wd_cli.devices.prefers_bf16)
     mixed_precision: Literal["auto", "bf16", "no"] = "auto"
     device: str | None = None  # None: cuda:LOCAL_RANK when CUDA is available, else cpu
+    max_nonfinite_steps: int = 20  # steps skipped in a row (non-finite loss or gradient) that stop the run
 
 
 @dataclass
@@ -135,10 +137,23 @@ class STPTRunConfig:
                     "checkpoint.every": self.checkpoint.every, "checkpoint.keep": self.checkpoint.keep,
                     "logging.every": self.logging.every, "logging.num_samples": self.logging.num_samples,
                     "logging.sample_steps": self.logging.sample_steps,
-                    "logging.sample_every": self.logging.sample_every}
+                    "logging.sample_every": self.logging.sample_every,
+                    "train.max_nonfinite_steps": self.train.max_nonfinite_steps}
         non_negative = {"data.num_workers": self.data.num_workers, "train.steps": self.train.steps,
                         "optim.warmup_steps": self.optim.warmup_steps, "optim.lr": self.optim.lr,
                         "optim.weight_decay": self.optim.weight_decay}
+        numbers = {"optim.lr": self.optim.lr, "optim.weight_decay": self.optim.weight_decay,
+                   "optim.min_lr_ratio": self.optim.min_lr_ratio, "optim.grad_clip": self.optim.grad_clip or 1.0,
+                   "train.max_minutes": self.train.max_minutes or 1.0,
+                   **{f"optim.betas.{index}": beta for index, beta in enumerate(self.optim.betas)},
+                   **{f"loss.{name}": value for name, value in vars(self.loss).items() if isinstance(value, float)},
+                   **{f"data.sources.{index}.weight": source.weight for index, source in enumerate(self.data.sources)}}
+        for key, value in numbers.items():
+            if not math.isfinite(value):
+                raise ConfigError(f"{key}: must be a finite number, got {value}")
+        if not all(0 <= beta < 1 for beta in self.optim.betas) or not 0 <= self.optim.min_lr_ratio <= 1:
+            raise ConfigError(f"optim.betas must be in [0, 1) and optim.min_lr_ratio in [0, 1], got "
+                              f"{self.optim.betas} and {self.optim.min_lr_ratio}")
         for key, value in positive.items():
             if value is not None and value < 1:
                 raise ConfigError(f"{key}: must be >= 1, got {value}")

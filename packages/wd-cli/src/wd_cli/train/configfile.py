@@ -1,11 +1,13 @@
 """Config files (TOML or YAML) mapped strictly onto dataclasses, with `key.sub=value` overrides.
 
-Every mistake is one `ConfigError` line naming the key path: `optim.lr: expected float, got 'abc'`.
+Every mistake is one `ConfigError` line naming the key path: `optim.lr: expected float, got 'abc'`. Floats must be
+finite (TOML and `--set` accept `inf` and `nan`; no field means anything by them).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import math
 import tomllib
 import types
 import typing
@@ -149,6 +151,8 @@ def _convert(hint: Any, value: Any, key: str) -> Any:
         return float(value)
     if not isinstance(value, hint) or (isinstance(value, bool) and hint is not bool):
         raise ConfigError(f"{key}: expected {hint.__name__}, got {value!r}")
+    if hint is float and not math.isfinite(value):
+        raise ConfigError(f"{key}: expected a finite number, got {value!r}")
     return value
 
 

@@ -5,20 +5,24 @@ encoder and sampler defaults (`assemble_pipeline`, `wd convert pipeline`)."""
 from __future__ import annotations
 
 import dataclasses
+import warnings
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TypeVar
 
 from wd_stpt import STPT
 from wd_tokenizer import VQGAN
+from wd_tokenizer.checkpoints import checkpoint_dirs, verify_checkpoint
 
 from wd_cli.pipeline import PIPELINE_FILE, PipelineDefaults, WorldDreamerPipeline
 from wd_cli.text_encoders import load_text_encoder, unwrap
-from wd_cli.train.checkpoint import latest_checkpoint, stpt_weights_dir
+from wd_cli.train.checkpoint import stpt_weights_dir
 from wd_cli.train.config import STPTRunConfig
 from wd_cli.train.configfile import ConfigError, apply_overrides, from_dict, load_config
 from wd_cli.train.data import open_source
+from wd_cli.train.tokenizer import vqgan_dir
 from wd_cli.train.trainer import CONFIG_FILE
+from wd_cli.validation import check_finite_weights
 
 Part = TypeVar("Part")
 
@@ -61,18 +65,18 @@ def open_part(name: str, loader: Callable[[Path], Part], path: str | Path) -> Pa
 def assemble_pipeline(out_dir: str | Path, stpt: str | Path, tokenizer: str | Path | None = None,
                       text_encoder: str | Path | None = None, overrides: Sequence[str] = ()) -> Path:
     """Write `out_dir` from parts, checking that they fit (one-line ConfigErrors). `stpt` is a training run (its
-    newest checkpoint, EMA weights when kept), a checkpoint, a pipeline or an STPT directory. A run supplies the
-    tokenizer, text encoder and clip shape it trained with (`model.tokenizer`, `model.text_encoder`, its data), a
-    pipeline its own parts and defaults; given parts replace them, and `overrides` ("steps=12", any
-    `PipelineDefaults` field) the defaults."""
+    newest whole checkpoint, EMA weights when kept), a checkpoint, a pipeline or an STPT directory. A run supplies
+    the tokenizer, text encoder and clip shape it trained with (`model.tokenizer`, `model.text_encoder`, its
+    data), a pipeline its own parts and defaults; given parts replace them, and `overrides` ("steps=12", any
+    `PipelineDefaults` field) the defaults. A tokenizer is a VQGAN directory, a pipeline or a `wd train
+    tokenizer` run (`vqgan_dir`)."""
     source = Path(stpt)
     vqgan, encoder, defaults, run = None, None, None, None
     if (source / PIPELINE_FILE).is_file():
         base = open_part("pipeline", lambda path: WorldDreamerPipeline.from_pretrained(path, device="cpu"), source)
         vqgan, model, encoder, defaults = base.tokenizer, base.stpt, unwrap(base.text_encoder), base.defaults
     else:
-        weights, run = stpt_weights(source)
-        model = open_part("STPT", STPT.from_pretrained, weights)
+        model, run = open_stpt(source)
         if run is not None:
             tokenizer, text_encoder = tokenizer or run.model.tokenizer, text_encoder or run.model.text_encoder
         missing = [name for name, part in (("tokenizer", tokenizer), ("text encoder", text_encoder)) if part is None]
@@ -80,7 +84,7 @@ def assemble_pipeline(out_dir: str | Path, stpt: str | Path, tokenizer: str | Pa
             raise ConfigError(f"{source} names no {missing[0]} (a training run's config or a pipeline does): "
                               f"pass the {' and the '.join(missing)} directory")
     if tokenizer is not None:
-        vqgan = open_part("tokenizer", VQGAN.from_pretrained, tokenizer)
+        vqgan = open_part("tokenizer", lambda path: VQGAN.from_pretrained(vqgan_dir(path)), tokenizer)
     if text_encoder is not None:
         encoder = open_part("text encoder", load_text_encoder, text_encoder)
     if defaults is None:
@@ -94,16 +98,36 @@ def assemble_pipeline(out_dir: str | Path, stpt: str | Path, tokenizer: str | Pa
     return Path(out_dir)
 
 
-def stpt_weights(path: Path) -> tuple[Path, STPTRunConfig | None]:
-    """The STPT directory of a run (newest checkpoint), a checkpoint (`ema/` when kept, else `model/`), a pipeline
-    (`stpt/`) or `path` itself; and the run's config when `path` is a training run."""
-    run = None
+def open_stpt(path: Path) -> tuple[STPT, STPTRunConfig | None]:
+    """The STPT of a run (its newest whole checkpoint), a checkpoint, a pipeline or an STPT directory; and the
+    run's config when `path` is a training run."""
     if (path / CONFIG_FILE).is_file():
-        checkpoint = latest_checkpoint(path)
-        if checkpoint is None:
-            raise ConfigError(f"{path} is a training run without a checkpoint yet")
-        run, path = load_config(STPTRunConfig, path / CONFIG_FILE), checkpoint
-    return (path / "ema" if (path / "ema").is_dir() else stpt_weights_dir(path)), run
+        return newest_weights(path), load_config(STPTRunConfig, path / CONFIG_FILE)
+    return open_part("STPT", checked_weights, path), None
+
+
+def checked_weights(path: Path) -> STPT:
+    """The STPT of a checkpoint (`ema/` when kept, else `model/`; its files checked against its manifest), a
+    pipeline (`stpt/`) or `path` itself; ValueError when its weights hold NaN or inf."""
+    verify_checkpoint(path)
+    weights = path / "ema" if (path / "ema").is_dir() else stpt_weights_dir(path)
+    model = STPT.from_pretrained(weights)
+    check_finite_weights(model, weights)
+    return model
+
+
+def newest_weights(run_dir: Path) -> STPT:
+    """`checked_weights` of the newest checkpoint of `run_dir` that is whole (its manifest matches, its weights
+    finite). Each newer damaged one is skipped with a warning; ConfigError when none is whole."""
+    checkpoints = checkpoint_dirs(run_dir)
+    if not checkpoints:
+        raise ConfigError(f"{run_dir} is a training run without a checkpoint yet")
+    for checkpoint in checkpoints[::-1]:
+        try:
+            return checked_weights(checkpoint)
+        except (OSError, ValueError) as error:
+            warnings.warn(f"skipping checkpoint {checkpoint.name}: {error}", stacklevel=2)
+    raise ConfigError(f"no checkpoint of {run_dir} is whole (see the warnings)")
 
 
 def export_run(run_dir: str | Path, out_dir: str | Path, tokenizer: str | None = None,
@@ -111,6 +135,6 @@ def export_run(run_dir: str | Path, out_dir: str | Path, tokenizer: str | None =
     """Write `out_dir` (a pipeline directory) from the newest checkpoint of `run_dir` (its EMA weights when the run
     kept them); the tokenizer and text encoder default to the run's `model.tokenizer` / `model.text_encoder`."""
     run_dir = Path(run_dir)
-    if latest_checkpoint(run_dir) is None or not (run_dir / CONFIG_FILE).is_file():
+    if not checkpoint_dirs(run_dir) or not (run_dir / CONFIG_FILE).is_file():
         raise ConfigError(f"{run_dir} is not a training run with a checkpoint (no {CONFIG_FILE} or checkpoints/)")
     return assemble_pipeline(out_dir, run_dir, tokenizer, text_encoder)

@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
-from wd_tokenizer.io import atomic_write_text
-from wd_tokenizer.training import logged_step
+from wd_tokenizer.training import kept_metrics, metrics_line
 
 from wd_cli.train.configfile import ConfigError
 
@@ -17,9 +15,7 @@ class MetricsLog:
 
     def __init__(self, run_dir: Path, resumed_step: int, tensorboard: bool) -> None:
         self.path = run_dir / "metrics.jsonl"
-        if self.path.exists():
-            kept = [line for line in self.path.read_text().splitlines() if logged_step(line) <= resumed_step]
-            atomic_write_text(self.path, "".join(line + "\n" for line in kept))
+        kept_metrics(self.path, resumed_step)
         self.writer = None
         if tensorboard:
             try:
@@ -31,7 +27,7 @@ class MetricsLog:
 
     def log(self, step: int, values: dict[str, float]) -> None:
         with open(self.path, "a") as handle:
-            handle.write(json.dumps({"step": step, **values}) + "\n")
+            handle.write(metrics_line({"step": step, **values}))
         if self.writer is not None:
             for name, value in values.items():
                 self.writer.add_scalar(f"train/{name}", value, step)

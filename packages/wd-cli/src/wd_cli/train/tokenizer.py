@@ -10,7 +10,9 @@ from typing import Any
 
 import torch
 from wd_tokenizer import VQGAN, TrainConfig, frame_batches, get_config, train_vqgan
-from wd_tokenizer.training import checkpoint_dirs
+from wd_tokenizer.checkpoints import checkpoint_dirs
+from wd_tokenizer.io import atomic_write_text
+from wd_tokenizer.runlock import hold_run_directory
 
 from wd_cli.devices import prefers_bf16
 from wd_cli.train.config import SourceConfig
@@ -64,10 +66,10 @@ def train_tokenizer(config: TokenizerRunConfig, run_dir: str | Path, progress: b
         raise ConfigError(f"preset/overrides: {error}") from None
     frames = load_frames(config)
     run_dir = Path(run_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    (run_dir / CONFIG_FILE).write_text(dump_yaml(config))
-    batches = frame_batches(frames, config.batch_size, seed=config.train.seed)
-    train = config.train
-    if train.mixed_precision == "auto":  # wd_tokenizer's auto means CUDA only; a CPU with bf16 units gains too
-        train = dataclasses.replace(train, mixed_precision="bf16" if prefers_bf16(torch.device("cpu")) else "no")
-    return train_vqgan(model, batches, train, run_dir, progress=progress)
+    with hold_run_directory(run_dir):  # train_vqgan holds it too; taking it here guards the config file
+        atomic_write_text(run_dir / CONFIG_FILE, dump_yaml(config))
+        batches = frame_batches(frames, config.batch_size, seed=config.train.seed)
+        train = config.train
+        if train.mixed_precision == "auto":  # wd_tokenizer's auto means CUDA only; a CPU with bf16 units gains too
+            train = dataclasses.replace(train, mixed_precision="bf16" if prefers_bf16(torch.device("cpu")) else "no")
+        return train_vqgan(model, batches, train, run_dir, progress=progress)

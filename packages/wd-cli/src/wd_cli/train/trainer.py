@@ -1,4 +1,8 @@
-"""The STPT training loop: `train_stpt(config, run_dir)` trains or resumes and returns the model in eval mode."""
+"""The STPT training loop: `train_stpt(config, run_dir)` trains or resumes and returns the model in eval mode.
+
+One trainer per run directory (rank 0 holds `train.lock`); a step with a non-finite loss or gradient norm is
+skipped on every rank, and `train.max_nonfinite_steps` skips in a row stop the run with one line.
+"""
 
 from __future__ import annotations
 
@@ -6,8 +10,9 @@ import math
 import signal
 import threading
 import time
+import warnings
 from collections.abc import Iterator
-from contextlib import contextmanager, nullcontext
+from contextlib import ExitStack, contextmanager, nullcontext
 from pathlib import Path
 
 import torch
@@ -18,9 +23,13 @@ from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from tqdm.auto import tqdm
 from wd_stpt import STPT, STPTConfig, get_config
 from wd_tokenizer import VQGAN
+from wd_tokenizer.checkpoints import checkpoint_dirs, remove_leftovers
+from wd_tokenizer.io import atomic_write_text
+from wd_tokenizer.nonfinite import SkippedSteps, all_finite
+from wd_tokenizer.runlock import RunDirectoryBusy, hold_run_directory
 
 from wd_cli.text_encoders import CachedTextEncoder, TextEncoder, load_text_encoder
-from wd_cli.train.checkpoint import init_weights_from, latest_checkpoint, load_checkpoint, save_checkpoint
+from wd_cli.train.checkpoint import apply_checkpoint, init_weights_from, read_checkpoint, save_checkpoint
 from wd_cli.train.config import OptimSection, STPTRunConfig
 from wd_cli.train.configfile import ConfigError, dump_yaml
 from wd_cli.train.data import MASK_STREAM, BatchPreparer, DataStream, Source, cache_property, generator, open_sources
@@ -141,11 +150,11 @@ class STPTTrainer:
         self.stream = DataStream(self.sources, c.data.batch_size, c.train.seed, env.rank, env.world_size,
                                  c.data.num_workers)
         self.objective = MaskedTokenObjective(c.loss, self.model_config.codebook_size)
-        self.resume_from = self._resume_path()
+        self.resume_candidates = self._resume_candidates()
 
         torch.manual_seed(c.train.seed)  # the same initial weights on every rank
         model = STPT(self.model_config).to(env.device)
-        if c.model.init_from is not None and self.resume_from is None:
+        if c.model.init_from is not None and not self.resume_candidates:
             init_weights_from(model, c.model.init_from)
         self.ema = None
         if c.optim.ema_decay is not None:
@@ -159,24 +168,53 @@ class STPTTrainer:
             self.optimizer, lambda step: lr_factor(c.optim, c.train.steps, step, self.time_spent()))
         self.prepare = BatchPreparer(env.device, self.tokenizer, self.text_encoder)
         self.step = 0
+        self.skipped = SkippedSteps(c.train.max_nonfinite_steps, "train.max_nonfinite_steps")
 
     def time_spent(self) -> float:
         """The fraction of `train.time_budget_minutes` used so far (0 without a budget)."""
         budget = self.config.train.time_budget_minutes
         return 0.0 if budget is None else self.trained_seconds / (60 * budget)
 
-    def _resume_path(self) -> Path | None:
+    def _resume_candidates(self) -> list[Path]:
+        """The checkpoints to try, in order: the named one, or with "auto" every one, newest first."""
         resume = self.config.checkpoint.resume
         if resume == "auto":
-            return latest_checkpoint(self.run_dir)
+            return checkpoint_dirs(self.run_dir)[::-1]
         if resume == "none":
-            return None
+            return []
         if not Path(resume).is_dir():
             raise ConfigError(f"checkpoint.resume: {resume} is not a checkpoint directory (or 'auto', 'none')")
-        return Path(resume)
+        return [Path(resume)]
+
+    def resume(self) -> None:
+        """Restore the first candidate that reads whole; with "auto" each newer damaged one is skipped with a
+        warning naming it and why. ConfigError when none loads (nothing is overwritten)."""
+        for directory in self.resume_candidates:
+            error = None
+            try:
+                files = read_checkpoint(directory, self.ema is not None)
+            except ConfigError as caught:
+                error = caught
+            if any_rank(error is not None, self.env):  # every rank reads the files; all must take the same one
+                failure = error or ConfigError(f"cannot resume from {directory}: it does not read on another rank")
+                if self.config.checkpoint.resume != "auto":
+                    raise failure
+                if self.env.is_main:
+                    warnings.warn(f"skipping checkpoint {directory.name}: {failure}", stacklevel=2)
+                continue
+            state = apply_checkpoint(files, directory, self.model, self.optimizer, self.scheduler, self.ema,
+                                     self.env)
+            self.step, self.skipped.total = int(state["step"]), int(state.get("skipped_steps", 0))
+            self.trained_seconds = float(state.get("trained_seconds", 0.0))
+            self.stream.load_state_dict(state["data"])
+            return
+        if self.resume_candidates:
+            raise ConfigError(f"no checkpoint of {self.run_dir} loads (see the warnings); --resume none starts over, "
+                              "or move the damaged ones away")
 
     def train_step(self) -> dict[str, float]:
-        """One optimizer step over `grad_accumulation` micro-batches; -> loss, accuracy, lr, grad_norm."""
+        """One optimizer step over `grad_accumulation` micro-batches; -> loss, accuracy, lr, grad_norm, skipped
+        (1.0 when the loss or gradient norm was not finite on some rank: then nothing was updated)."""
         c, env = self.config, self.env
         accumulation = c.train.grad_accumulation
         totals = torch.zeros(2, device=env.device)  # loss, accuracy: one host sync per step, not per micro-batch
@@ -194,14 +232,18 @@ class STPTTrainer:
         params = [param for param in self.model.parameters() if param.grad is not None]
         grad_norm = torch.nn.utils.clip_grad_norm_(params, math.inf if c.optim.grad_clip is None else c.optim.grad_clip)
         logs = {"lr": self.scheduler.get_last_lr()[0], "grad_norm": float(grad_norm)}
-        self.optimizer.step()
-        self.scheduler.step()
-        self.optimizer.zero_grad(set_to_none=True)
-        if self.ema is not None:
-            self.ema.update_parameters(unwrap(self.model))
-        self.step += 1
         loss_mean, accuracy_mean = totals.tolist()
-        return {"loss": loss_mean, "accuracy": accuracy_mean, **logs}
+        # Every rank must agree (DDP/FSDP step together); a skipped step changes no weight, moment or lr.
+        skipped = any_rank(not all_finite(loss_mean, logs["grad_norm"]), env)
+        if not skipped:
+            self.optimizer.step()
+            self.scheduler.step()
+            if self.ema is not None:
+                self.ema.update_parameters(unwrap(self.model))
+        self.optimizer.zero_grad(set_to_none=True)
+        self.step += 1
+        self.skipped.record(skipped, self.step, {"loss": loss_mean, "grad_norm": logs["grad_norm"]})
+        return {"loss": loss_mean, "accuracy": accuracy_mean, **logs, "skipped": float(skipped)}
 
     def tokens_per_step(self) -> int:
         sample = self.sources[0].head(1)[0]
@@ -220,7 +262,7 @@ class STPTTrainer:
     def save(self) -> Path:
         return save_checkpoint(self.run_dir, self.step, self.model, self.model_config, self.optimizer, self.scheduler,
                                self.ema, self.stream.state_dict(), self.config.checkpoint.keep, self.env,
-                               self.trained_seconds)
+                               self.skipped.total, self.trained_seconds)
 
     def sample_videos(self) -> None:
         fixed = self.prepare(self.sources[0].head(self.config.logging.num_samples))
@@ -232,18 +274,23 @@ class STPTTrainer:
 
     def fit(self, progress: bool = True) -> STPT:
         c, env = self.config, self.env
-        if self.resume_from is not None:
-            state = load_checkpoint(self.resume_from, self.model, self.optimizer, self.scheduler, self.ema, env)
-            self.step = state["step"]
-            self.stream.load_state_dict(state["data"])
-            self.trained_seconds = float(state.get("trained_seconds", 0.0))
+        self.resume()
         if env.is_main:
-            self.run_dir.mkdir(parents=True, exist_ok=True)
-            (self.run_dir / CONFIG_FILE).write_text(dump_yaml(c))
-        metrics = MetricsLog(self.run_dir, self.step, c.logging.tensorboard) if env.is_main else None
+            atomic_write_text(self.run_dir / CONFIG_FILE, dump_yaml(c))
+        with ExitStack() as closing:
+            metrics = MetricsLog(self.run_dir, self.step, c.logging.tensorboard) if env.is_main else None
+            if metrics is not None:
+                closing.callback(metrics.close)
+            bar = closing.enter_context(tqdm(total=c.train.steps, initial=self.step, desc="stpt",
+                                             disable=not (progress and env.is_main)))
+            self._loop(metrics, bar)
+        model = self.ema.module if self.ema is not None else unwrap(self.model)
+        return model.eval()
+
+    def _loop(self, metrics: MetricsLog | None, bar: tqdm) -> None:
+        c, env = self.config, self.env
         tokens_per_step = self.tokens_per_step()
         start = time.monotonic()
-        bar = tqdm(total=c.train.steps, initial=self.step, disable=not (progress and env.is_main), desc="stpt")
         self.model.train()
         with stop_on_signals() as signalled:
             while self.step < c.train.steps and self.time_spent() < 1:
@@ -252,13 +299,15 @@ class STPTTrainer:
                 step_seconds = time.monotonic() - step_start
                 self.trained_seconds += step_seconds
                 logs["tokens_per_second"] = tokens_per_step / step_seconds
+                logs["skipped_steps"] = self.skipped.total
                 bar.update(1)
                 bar.set_postfix(loss=f"{logs['loss']:.3f}", acc=f"{logs['accuracy']:.3f}",
-                                tok_s=f"{logs['tokens_per_second']:.0f}", skipped=self.stream.num_skipped)
+                                tok_s=f"{logs['tokens_per_second']:.0f}", skipped=self.stream.num_skipped,
+                                skipped_steps=self.skipped.total)
                 out_of_time = c.train.max_minutes is not None and time.monotonic() - start > 60 * c.train.max_minutes
                 budget_spent = self.time_spent() >= 1
                 stop = any_rank(signalled[0] or out_of_time or budget_spent, env)
-                if stop and budget_spent and env.is_main and progress:
+                if stop and budget_spent and env.is_main and not bar.disable:
                     tqdm.write(f"stpt: time budget of {c.train.time_budget_minutes:g} min spent, stopping at step "
                                f"{self.step} of {c.train.steps}")
                 last = stop or self.step == c.train.steps
@@ -273,11 +322,6 @@ class STPTTrainer:
                     self.save()
                 if stop:
                     break
-        bar.close()
-        if metrics is not None:
-            metrics.close()
-        model = self.ema.module if self.ema is not None else unwrap(self.model)
-        return model.eval()
 
 
 def open_tokenizer(path: str | None, device: torch.device | str, key: str = "model.tokenizer") -> VQGAN | None:
@@ -298,7 +342,26 @@ def open_text_encoder(path: str | None) -> TextEncoder | None:
         raise ConfigError(f"model.text_encoder: {' '.join(str(error).split())}") from None
 
 
+@contextmanager
+def hold_run(run_dir: Path, env: DistributedEnv) -> Iterator[None]:
+    """Rank 0 holds the run directory's lock (wd_tokenizer.runlock) and removes what killed saves left; every rank
+    raises RunDirectoryBusy when it cannot (the others would otherwise wait for rank 0 forever)."""
+    with ExitStack() as stack:
+        error = None
+        if env.is_main:
+            try:
+                stack.enter_context(hold_run_directory(run_dir))
+                remove_leftovers(run_dir)
+            except OSError as caught:
+                error = caught
+        if any_rank(error is not None, env):
+            raise error or RunDirectoryBusy(f"{run_dir}: rank 0 could not take the run directory")
+        yield
+
+
 def train_stpt(config: STPTRunConfig, run_dir: str | Path, progress: bool = True) -> STPT:
     """Train (or resume, per `config.checkpoint.resume`) the STPT of `config` in `run_dir`; -> the model in eval
     mode (the EMA weights when EMA is on). Under torchrun every rank calls this; rank 0 writes the files."""
-    return STPTTrainer(config, run_dir, init_distributed(config.train)).fit(progress)
+    env = init_distributed(config.train)
+    with hold_run(Path(run_dir), env):
+        return STPTTrainer(config, run_dir, env).fit(progress)
