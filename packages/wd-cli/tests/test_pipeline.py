@@ -192,7 +192,8 @@ def test_save_load_round_trip_gives_the_same_videos(
     config = json.loads((tiny_pipeline_dir / "pipeline.json").read_text())
     assert config["classes"] == {"tokenizer": "VQGAN", "stpt": "STPT", "text_encoder": "HashTextEncoder"}
     assert set(config["versions"]) >= {"torch", "wd-stpt", "wd-cli"}
-    loaded = WorldDreamerPipeline.from_pretrained(tiny_pipeline_dir, device="cpu")
+    # fp32 like the pipeline it was saved from (auto would pick bf16 on a CPU with bf16 units).
+    loaded = WorldDreamerPipeline.from_pretrained(tiny_pipeline_dir, device="cpu", dtype="fp32")
     assert loaded.defaults == tiny_pipeline.defaults
     for task in ("text_to_video", "action_to_video", "inpaint"):
         assert np.array_equal(TASKS[task](loaded, seed=3).frames, TASKS[task](tiny_pipeline, seed=3).frames)
@@ -298,7 +299,7 @@ def test_t5_pipeline_round_trip(make_tiny_pipeline, tiny_t5_dir: Path, tmp_path:
     pipeline = make_tiny_pipeline(T5TextEncoder.from_pretrained(tiny_t5_dir, max_length=6))
     pipeline.save_pretrained(tmp_path / "pipe")
     assert json.loads((tmp_path / "pipe" / "pipeline.json").read_text())["classes"]["text_encoder"] == "T5TextEncoder"
-    loaded = WorldDreamerPipeline.from_pretrained(tmp_path / "pipe", device="cpu")
+    loaded = WorldDreamerPipeline.from_pretrained(tmp_path / "pipe", device="cpu", dtype="fp32")
     assert isinstance(loaded.text_encoder.encoder, T5TextEncoder) and loaded.text_encoder.encoder.max_length == 6
     for pipe in (pipeline, loaded):
         pipe.text_encoder.cache.clear()

@@ -117,7 +117,9 @@ TOKENIZER_SHARE = 0.28
 # of it when the machine is not shared), so that they finish inside `minutes` even on a slowed machine.
 CACHE_SECONDS, FINAL_SECONDS = 45.0, 150.0
 
-# Measured on the synthetic worlds (docs/benchmarks.md, quickstart section).
+# Measured on the synthetic worlds (docs/benchmarks.md, quickstart section). The patch encoder gives a plain
+# background one code (the conv encoder: 27 codes, flipping as a shape moves nearby, noise the STPT had to learn).
+TOKENIZER = "f4-patch"
 TOKENIZER_TRAINING = dict(lr=5e-4, betas=(0.9, 0.99), weight_decay=0.0, batch_size=8, max_steps=4000)
 STPT_MODEL = dict(width=128, depth=4, num_heads=4, action_dim=2)
 STPT_TRAINING = dict(lr=2e-3, warmup_steps=100, batch_size=8, max_steps=20_000)
@@ -150,7 +152,7 @@ def _stage(config: QuickstartConfig, text: str) -> None:
 
 
 def tokenizer_stage(config: QuickstartConfig, deadline: Deadline) -> VQGAN:
-    """The f4-small tokenizer trained on frames of both worlds for its share of the training time
+    """The quickstart's tokenizer (TOKENIZER) trained on frames of both worlds for its share of the training time
     (out_dir/tokenizer once done)."""
     final = config.out_dir / "tokenizer"
     if final.is_dir():
@@ -159,7 +161,7 @@ def tokenizer_stage(config: QuickstartConfig, deadline: Deadline) -> VQGAN:
     clips += [DriveWorld(config.drive).render(seed).frames for seed in range(config.tokenizer_clips)]
     batches = frame_batches(np.concatenate(clips), TOKENIZER_TRAINING["batch_size"], seed=config.seed)
     torch.manual_seed(config.seed)
-    model = VQGAN(get_config("f4-small"))
+    model = VQGAN(get_config(TOKENIZER))
     budget = TOKENIZER_SHARE * deadline.training_seconds(CACHE_SECONDS + FINAL_SECONDS)
     train = TrainConfig(steps=TOKENIZER_TRAINING["max_steps"], lr=TOKENIZER_TRAINING["lr"],
                         betas=TOKENIZER_TRAINING["betas"], weight_decay=TOKENIZER_TRAINING["weight_decay"],
@@ -175,7 +177,7 @@ def token_cache_stage(config: QuickstartConfig, tokenizer: VQGAN, text_encoder: 
     """Token caches of the training clips of both worlds. Shapes clips keep their captions' embeddings; drive
     clips are stored without text, because their captions name the turn and action-to-video must follow the
     actions alone (as the paper's nuScenes model does)."""
-    metadata = {"codebook_size": tokenizer.codebook_size, "tokenizer": "f4-small"}
+    metadata = {"codebook_size": tokenizer.codebook_size, "tokenizer": TOKENIZER}
     seeds = range(config.train_clips)
     sources = [("shapes", ShapesDataset(config.shapes, seeds), text_encoder.embed),
                ("drive", DriveDataset(config.drive, seeds), lambda _caption: text_encoder.embed(""))]
@@ -220,7 +222,7 @@ def build_pipeline(config: QuickstartConfig, deadline: Deadline) -> WorldDreamer
         _stage(config, f"Reusing the trained pipeline in {pipeline_dir}")
         return WorldDreamerPipeline.from_pretrained(pipeline_dir, dtype="bf16" if config.bf16 else "fp32")
     training = deadline.training_seconds(CACHE_SECONDS + FINAL_SECONDS) / 60
-    _stage(config, f"[1/5] Tokenizer: f4-small on {2 * config.tokenizer_clips} synthetic clips "
+    _stage(config, f"[1/5] Tokenizer: {TOKENIZER} on {2 * config.tokenizer_clips} synthetic clips "
                    f"(~{TOKENIZER_SHARE * training:.1f} min)")
     tokenizer = tokenizer_stage(config, deadline)
     text_encoder = HashTextEncoder(dim=config.text_dim, seed=config.seed)
