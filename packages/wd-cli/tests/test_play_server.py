@@ -131,7 +131,8 @@ def test_uploads_are_checked_before_decoding_and_bad_ones_get_one_line(client: T
         for data, status, words in [
             (b"definitely not an image", 400, "cannot read"),
             (png(np.zeros((8, 8, 3), np.uint8))[:40], 400, "cannot read"),  # truncated
-            (png_claiming(100_000, 100_000), 400, "more than the 16384 pixels"),
+            # Pillow's own ceiling or ours, whichever the installed Pillow reaches first: one message.
+            (png_claiming(100_000, 100_000), 400, "more than the 16384 pixels a frame may have"),
             (png_claiming(200, 200), 400, "200x200 pixels"),
             (b"", 400, "empty"),
             (b"x" * 400_000, 413, "MiB"),

@@ -39,8 +39,8 @@ class UploadLimits:
 
 def _check_pixels(width: int, height: int, limits: UploadLimits) -> None:
     if width * height > limits.max_pixels:
-        raise UploadError(f"the frames are {width}x{height} pixels, more than the {limits.max_pixels} a frame may "
-                          "have (--max-upload-pixels)")
+        raise UploadError(f"the frames are {width}x{height} pixels, more than the {limits.max_pixels} pixels a frame "
+                          "may have (--max-upload-pixels)")
 
 
 def _shrunk(image: Image.Image, cover: tuple[int, int]) -> np.ndarray:
@@ -62,7 +62,7 @@ def _image_frames(data: bytes, limits: UploadLimits, cover: tuple[int, int]) -> 
     except UnidentifiedImageError:
         return None
     except Image.DecompressionBombError:  # Pillow's own ceiling, far above ours
-        raise UploadError(f"the image has more than the {limits.max_pixels} pixels a frame may have "
+        raise UploadError(f"the frames are more than the {limits.max_pixels} pixels a frame may have "
                           "(--max-upload-pixels)") from None
     with image:
         _check_pixels(image.width, image.height, limits)
