@@ -8,7 +8,8 @@ wd command starts (wd_cli.main imported before torch), with the policy's environ
 
 - "torch defaults": what a process got before the policy: OpenMP's default wait (spin, then sleep) and one
   thread per core;
-- "wd policy": whatever `wd_cli.threads.configure_threads` chooses.
+- "wd policy": whatever `wd_cli.threads.configure_threads` chooses;
+- "one thread each": that, with one OpenMP thread per process (each process keeps a core to itself).
 
 The training workload is a quickstart-sized STPT step (width 128, depth 4, batch 8 x 8 frames x 8 x 8 tokens);
 the generation workload a guided 8-frame text-to-video on a pipeline of that size; the busy neighbour is the
@@ -72,6 +73,7 @@ print(json.dumps({"seconds": sorted(times)[len(times) // 2], "threads": torch.ge
 POLICIES = {
     "torch defaults": {"OMP_WAIT_POLICY": ""},
     "wd policy": {},
+    "wd policy, one thread each": {"OMP_NUM_THREADS": "1"},
 }
 
 

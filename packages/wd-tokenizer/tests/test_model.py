@@ -157,3 +157,12 @@ def test_patch_encoder_codes_each_patch_alone(row, col, seed):
     assert not torch.allclose(latents[0], latents[1])  # the rest differs
     plain = torch.full((1, 3, 16, 16), 0.1)
     assert model.encode(plain).unique().numel() == 1
+
+
+def test_patch_preset_round_trips_through_save_and_load(tmp_path):
+    torch.manual_seed(0)
+    model = VQGAN(get_config("f4-patch")).eval()
+    model.save_pretrained(tmp_path)
+    loaded = VQGAN.from_pretrained(tmp_path)
+    pixels = torch.rand(1, 3, 16, 16)
+    assert torch.equal(loaded.encode(pixels), model.encode(pixels))

@@ -266,8 +266,9 @@ def run_tasks(pipeline: WorldDreamerPipeline, config: QuickstartConfig) -> list[
         ("outpaint", "the middle half of the columns given (input: its edges replicated), the sides generated",
          fit_inside(strip, (config.size, config.size))[0].numpy(),
          lambda: pipeline.outpaint(strip, prompt=shapes.caption)),
-        ("stylize", f"half the tokens redrawn under {recoloured(shapes.caption, style)!r}", shapes.frames,
-         lambda: pipeline.stylize(shapes.frames, recoloured(shapes.caption, style), mask_ratio=0.5)),
+        ("stylize", f"{pipeline.defaults.stylize_mask_ratio:.0%} of the tokens redrawn under "
+         f"{recoloured(shapes.caption, style)!r}", shapes.frames,
+         lambda: pipeline.stylize(shapes.frames, recoloured(shapes.caption, style))),
         ("action2video", f"first frame + a left turn (yaw {yaw:+.2f} rad, {speed:g} m/s per frame), {len(turn)} frames "
          f"rolled out in windows of {n}", drive.frames,
          lambda: pipeline.action_to_video(drive.frames[0], turn)),

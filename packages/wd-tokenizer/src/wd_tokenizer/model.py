@@ -100,7 +100,7 @@ class VQGAN(nn.Module):
     def __init__(self, config: VQGANConfig) -> None:
         super().__init__()
         self.config = config
-        self.encoder = Encoder(config) if config.encoder == "conv" else PatchEncoder(config)
+        self.encoder = build_encoder(config)
         self.decoder = Decoder(config)
         self.quant_conv = nn.Conv2d(config.z_channels, config.embed_dim, kernel_size=1)
         self.quantize = build_quantizer(config)
@@ -269,12 +269,17 @@ def _first_few(names: list[str], limit: int = 3) -> str:
     return f"[{shown}{', ...' if len(names) > limit else ''}]"
 
 
+def build_encoder(config: VQGANConfig) -> Encoder | PatchEncoder:
+    """The encoder `config.encoder` names."""
+    return Encoder(config) if config.encoder == "conv" else PatchEncoder(config)
+
+
 def check_encoder_decoder_shapes(config: VQGANConfig, path: Path) -> None:
     """ValueError when the encoder and decoder that `config` describes do not have the shapes stored in the
     safetensors file `path`, found from the shapes alone (a meta-device build and the file's header): a damaged
     config must not allocate a model many times the size of its weights before the mismatch shows."""
     with torch.device("meta"):
-        parts = {"encoder": Encoder(config), "decoder": Decoder(config)}
+        parts = {"encoder": build_encoder(config), "decoder": Decoder(config)}
     expected = {f"{part}.{k}": v.shape for part, module in parts.items() for k, v in module.state_dict().items()}
     with safe_open(path, framework="pt") as weights:
         found = {k: weights.get_slice(k).get_shape() for k in weights.keys() if k.startswith(("encoder.", "decoder."))}
