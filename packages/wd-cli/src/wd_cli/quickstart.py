@@ -121,12 +121,17 @@ CACHE_SECONDS, FINAL_SECONDS = 45.0, 150.0
 # background one code (the conv encoder: 27 codes, flipping as a shape moves nearby, noise the STPT had to learn).
 TOKENIZER = "f4-patch"
 TOKENIZER_TRAINING = dict(lr=5e-4, betas=(0.9, 0.99), weight_decay=0.0, batch_size=8, max_steps=4000)
-STPT_MODEL = dict(width=128, depth=4, num_heads=4, action_dim=2)
+# patch_stride 1: one attention window holds the whole 8 x 8-token clip. The paper's quarter-frame windows (stride 2)
+# split every shape of these small frames between windows; at equal training time stride 1 kept shapes better
+# (docs/benchmarks.md, quickstart section).
+STPT_MODEL = dict(width=128, depth=4, num_heads=4, action_dim=2, patch_stride=1)
 STPT_TRAINING = dict(lr=2e-3, warmup_steps=100, batch_size=8, max_steps=20_000)
 # Micro-batches per cache: image-to-video's motion needs more steps than action-to-video's turns (1:1 lost
 # to copying the first frame in two of three runs, 2:1 left the turns unlearnt in one of three).
 SOURCE_WEIGHTS = {"shapes": 1.5, "drive": 1.0}
-SAMPLING = dict(steps=10, guidance_scale=2.0, temperature=0.7, choice_temperature=2.0)
+# Stylization redraws 75% of the tokens: at 50% the kept half anchored the old colour (0.41 of frames recoloured on
+# validation clips, 0.73 at 75%; guidance 5 instead of 2 fell to 0.24-0.29).
+SAMPLING = dict(steps=10, guidance_scale=2.0, temperature=0.7, choice_temperature=2.0, stylize_mask_ratio=0.75)
 CONTEXT_FRAMES = 2  # rollout windows continue from the last 2 frames
 # Held-out clips of the tasks past the paper's five, fewer than `eval_clips` (at most that many): each clip costs
 # one or two windows, a long rollout's eight (two drives of four windows), and the quickstart must stay near its
