@@ -47,10 +47,10 @@ def stpt_step(width: int, depth: int, heads: int, stride: int, batch: int, frame
     return step
 
 
-def tokenizer_step(batch: int, side: int) -> Step:
-    """A training step of the quickstart's f4-small VQGAN (reconstruction + perceptual-free loss, AdamW)."""
+def tokenizer_step(preset: str, batch: int, side: int) -> Step:
+    """A training step of a small VQGAN preset (reconstruction + perceptual-free loss, AdamW)."""
     torch.manual_seed(0)
-    model = VQGAN(tokenizer_config("f4-small"))
+    model = VQGAN(tokenizer_config(preset))
     loss_fn = VQGANLoss(LossConfig(disc_start=10**9))
     optimizer = torch.optim.AdamW(model.parameters(), lr=5e-4)
     pixels = torch.rand(batch, 3, side, side)
@@ -87,14 +87,15 @@ def main() -> None:
     # name -> (step, tokens or frames per step, unit)
     if args.quick:
         cases = {"quickstart STPT": (stpt_step(32, 1, 2, 1, 2, 4, 4), 2 * 4 * 4 * 4, "tokens"),
-                 "quickstart tokenizer": (tokenizer_step(2, 16), 2, "frames")}
+                 "quickstart tokenizer": (tokenizer_step("f4-patch", 2, 16), 2, "frames")}
     else:
         cases = {
             "quickstart STPT (w128, d4, one window, batch 8 x 8 x 8 x 8)": (stpt_step(128, 4, 4, 1, 8, 8, 8),
                                                                              8 * 8 * 8 * 8, "tokens"),
             "quickstart STPT, patch stride 2 (before)": (stpt_step(128, 4, 4, 2, 8, 8, 8), 8 * 8 * 8 * 8, "tokens"),
             "base (w512, d8, batch 2 x 8 x 16 x 16)": (stpt_step(512, 8, 8, 2, 2, 8, 16), 2 * 8 * 16 * 16, "tokens"),
-            "quickstart tokenizer (f4-small, 8 frames 32 x 32)": (tokenizer_step(8, 32), 8, "frames"),
+            "quickstart tokenizer (f4-patch, 8 frames 32 x 32)": (tokenizer_step("f4-patch", 8, 32), 8, "frames"),
+            "f4-small tokenizer (before)": (tokenizer_step("f4-small", 8, 32), 8, "frames"),
         }
     best = best_seconds({name: step for name, (step, _, _) in cases.items()}, rounds=1 if args.quick else 5)
     print(f"threads: {torch.get_num_threads()}; bf16 matmul / fp32 matmul (the probe): "
