@@ -10,13 +10,19 @@ from pathlib import Path
 import numpy as np
 import pytest
 from click.testing import CliRunner
-from wd_data.synthetic import DriveWorld, ShapesWorld, eval_seeds
+from hypothesis import given
+from hypothesis import strategies as st
+from wd_data.synthetic import PALETTE, DriveWorld, ShapesWorld, colour_mask, eval_seeds
 
 from wd_cli.evaluation import (
     EvalConfig,
     Metric,
     action_to_video_metrics,
+    aligned_iou,
     blend_keyframes,
+    bootstrap_interval,
+    inpaint_metrics,
+    stylize_metrics,
     evaluate_pipeline,
     format_metrics,
     image_to_video_metrics,
@@ -80,11 +86,52 @@ class OracleOrCopy:
     def outpaint(self, video, border=None, prompt="", **options) -> Generation:
         return self._answer(self.by_caption[prompt].frames)
 
+    def inpaint(self, video, box=None, prompt="", **options) -> Generation:
+        return _generation(video)  # the oracle and the copy both give back the true clip
+
+    def stylize(self, video, prompt, **options) -> Generation:
+        if self.copy:
+            return _generation(video)
+        clip = next(clip for clip in self.by_caption.values() if np.array_equal(clip.frames, video))
+        source, target = clip.state["colours"][0], next(word for word in prompt.split() if word in PALETTE)
+        painted = video.copy()
+        painted[np.stack([colour_mask(frame, source) for frame in video])] = PALETTE[target]
+        return _generation(painted)
+
 
 def test_metric_direction() -> None:
     assert Metric("psnr", 20.0, 18.0, "copy", "higher").beats_baseline
     assert not Metric("error", 3.0, 3.0, "copy", "lower").beats_baseline
     assert Metric("error", 2.0, 3.0, "copy", "lower").beats_baseline
+    # With an interval, only a win that the whole interval shows counts.
+    assert not Metric("psnr", 20.0, 18.0, "copy", "higher", interval=(17.5, 22.0)).beats_baseline
+    assert Metric("psnr", 20.0, 18.0, "copy", "higher", interval=(18.5, 22.0)).beats_baseline
+    assert not Metric("error", 2.0, 3.0, "copy", "lower", interval=(1.0, 3.2)).beats_baseline
+
+
+@given(st.lists(st.floats(-100, 100), min_size=1, max_size=40), st.integers(0, 2**31))
+def test_bootstrap_interval_holds_the_statistic_within_the_values(values: list[float], seed: int) -> None:
+    low, high = bootstrap_interval(values, seed=seed, resamples=200)
+    assert min(values) - 1e-9 <= low <= high <= max(values) + 1e-9
+
+
+def test_bootstrap_interval_narrows_with_more_clips() -> None:
+    hits = lambda n: [1.0, 0.0] * (n // 2)  # noqa: E731 (a rate of 0.5 over n clips)
+    widths = [np.subtract(*bootstrap_interval(hits(n))[::-1]) for n in (8, 32, 128)]
+    assert widths[0] > widths[1] > widths[2] > 0
+    assert bootstrap_interval(hits(128))[0] == pytest.approx(0.5 - 1.96 * 0.5 / np.sqrt(128), abs=0.03)
+    assert bootstrap_interval([3.0, 3.0, 3.0]) == (3.0, 3.0)
+
+
+def test_aligned_iou_measures_form_not_place() -> None:
+    square = np.zeros((32, 32), dtype=bool)
+    square[4:12, 4:12] = True
+    moved = np.roll(square, (15, 9), axis=(0, 1))
+    assert aligned_iou(moved, square) == 1.0
+    half = square.copy()
+    half[8:12] = False  # the bottom half melted away
+    assert aligned_iou(half, square) == pytest.approx(0.5)
+    assert aligned_iou(np.zeros_like(square), square) == 0.0
 
 
 @pytest.mark.parametrize("seed", eval_seeds(4))
@@ -109,12 +156,23 @@ def test_measured_yaw_keeps_the_turn_of_a_view_that_lost_the_road() -> None:
 
 def test_the_oracle_beats_every_baseline_and_copying_ties_it() -> None:
     oracle, copy = OracleOrCopy(copy=False), OracleOrCopy(copy=True)
-    psnr, error = image_to_video_metrics(oracle, CONFIG, progress=False)
-    assert psnr.value == float("inf") and error.beats_baseline
+    psnr, error, iou = image_to_video_metrics(oracle, CONFIG, progress=False)
+    assert psnr.value == float("inf") and psnr.interval == (float("inf"), float("inf")) and error.beats_baseline
     assert error.value == pytest.approx(error.on_truth)  # the oracle's frames are the true ones
-    copied_psnr, copied_error = image_to_video_metrics(copy, CONFIG, progress=False)
+    assert iou.value == pytest.approx(iou.on_truth) and 0.85 < iou.value <= 1
+    copied_psnr, copied_error, copied_iou = image_to_video_metrics(copy, CONFIG, progress=False)
     assert copied_psnr.value == pytest.approx(copied_psnr.baseline)
     assert copied_error.value == pytest.approx(copied_error.baseline) and not copied_error.beats_baseline
+    assert copied_iou.value == 1.0  # a frozen shape keeps its form exactly
+
+    inpaint_psnr, inpaint_error, inpaint_iou = inpaint_metrics(oracle, CONFIG, progress=False)
+    assert inpaint_psnr.value == float("inf") and inpaint_psnr.beats_baseline
+    assert inpaint_error.value == pytest.approx(inpaint_error.on_truth)
+    assert inpaint_error.value < inpaint_error.baseline  # painting the box over loses the shape inside it
+    assert inpaint_iou.value == pytest.approx(inpaint_iou.on_truth)
+    (restyled,), (unchanged,) = stylize_metrics(oracle, CONFIG, progress=False), stylize_metrics(copy, CONFIG,
+                                                                                                  progress=False)
+    assert restyled.value == 1.0 and restyled.beats_baseline and unchanged.value == 0.0
 
     turns, left, right = action_to_video_metrics(oracle, CONFIG, progress=False)
     # The oracle's views are the world's renders, so it scores the detector's ceiling.
@@ -175,9 +233,9 @@ def test_tiny_pipeline_end_to_end(tiny_pipeline) -> None:
     config = EvalConfig(shapes, drive, clips=1, steps=2, given_frames=2, keyframe_every=2, rollout_windows=2)
     metrics = evaluate_pipeline(tiny_pipeline, config, progress=False)
     names = [metric.name for metric in metrics]
-    # Tokenizer 2, image2video 2, action2video 3, text2video 2, predict 2, interpolate 2, outpaint 2,
-    # text+actions 3, long rollout: 8 frames in windows of 4 from 2 are 3 windows.
-    assert len(names) == 2 + 2 + 3 + 2 + 2 + 2 + 2 + 3 + 3 and names[0].startswith("tokenizer PSNR")
+    # Tokenizer 2, image2video 3, inpaint 3, stylize 1, action2video 3, text2video 2, predict 2, interpolate 2,
+    # outpaint 2, text+actions 3, long rollout: 8 frames in windows of 4 from 2 are 3 windows.
+    assert len(names) == 2 + 3 + 3 + 1 + 3 + 2 + 2 + 2 + 2 + 3 + 3 and names[0].startswith("tokenizer PSNR")
     assert all(np.isfinite(metric.baseline) for metric in metrics)
     table = format_metrics(metrics)
     assert all(name in table for name in names) and "beats it" in table.splitlines()[0]
@@ -191,13 +249,15 @@ def test_eval_command_writes_json(tiny_pipeline_dir: Path, tmp_path: Path) -> No
     assert result.exit_code == 0, result.output
     rows = json.loads(out.read_text())
     assert [row["name"] for row in rows][2:] == ["image2video PSNR, frames 2..N (dB)",
-                                                 "image2video position error, frames 2..N (px)"]
+                                                 "image2video position error, frames 2..N (px)",
+                                                 "image2video shape IoU with frame 1, frames 2..N"]
+    assert all(len(row["interval"]) == 2 for row in rows[2:])
     assert "image2video position error" in result.output
 
 
 @pytest.mark.parametrize("args, message", [
     (["--set", "shapes.colour=red"], "shapes.colour"),
-    (["--set", "task_clips.inpaint=2"], "task_clips must map tasks of"),
+    (["--set", "task_clips.painting=2"], "task_clips must map tasks of"),
     (["--set", "given_frames=6"], "given_frames 6 leaves no frame of 4 to predict"),
     (["--set", "clips"], "expected key.sub=value"),
     (["--checkpoint-typo"], "No such option"),

@@ -13,7 +13,8 @@ import torch
 from wd_stpt import STPT
 from wd_stpt import get_config as stpt_config
 
-from wd_cli.devices import resolve_device, resolve_dtype
+from wd_cli import devices
+from wd_cli.devices import BF16_CPU_MIN_SPEEDUP, cpu_bf16_speedup, resolve_device, resolve_dtype
 from wd_cli.pipeline import Generation, PipelineDefaults, WorldDreamerPipeline
 from wd_cli.text_encoders import T5TextEncoder
 
@@ -191,7 +192,8 @@ def test_save_load_round_trip_gives_the_same_videos(
     config = json.loads((tiny_pipeline_dir / "pipeline.json").read_text())
     assert config["classes"] == {"tokenizer": "VQGAN", "stpt": "STPT", "text_encoder": "HashTextEncoder"}
     assert set(config["versions"]) >= {"torch", "wd-stpt", "wd-cli"}
-    loaded = WorldDreamerPipeline.from_pretrained(tiny_pipeline_dir, device="cpu")
+    # fp32 like the pipeline it was saved from (auto would pick bf16 on a CPU with bf16 units).
+    loaded = WorldDreamerPipeline.from_pretrained(tiny_pipeline_dir, device="cpu", dtype="fp32")
     assert loaded.defaults == tiny_pipeline.defaults
     for task in ("text_to_video", "action_to_video", "inpaint"):
         assert np.array_equal(TASKS[task](loaded, seed=3).frames, TASKS[task](tiny_pipeline, seed=3).frames)
@@ -275,18 +277,29 @@ def test_device_and_dtype_names() -> None:
     assert resolve_device("cpu") == cpu and resolve_device("auto").type in {"cpu", "cuda"}
     assert resolve_dtype("bf16", cpu) == torch.bfloat16
     assert resolve_dtype("fp16", cpu) == torch.float32  # no fp16 autocast on the CPU
-    assert resolve_dtype(None, cpu) == torch.float32
+    # auto: bf16 exactly where the CPU's bf16 matmul was measured clearly faster.
+    expected = torch.bfloat16 if cpu_bf16_speedup() >= BF16_CPU_MIN_SPEEDUP else torch.float32
+    assert resolve_dtype(None, cpu) == resolve_dtype("auto", cpu) == expected
     with pytest.raises(ValueError, match="unknown dtype"):
         resolve_dtype("int8", cpu)
     with pytest.raises(ValueError, match="unknown device"):
         resolve_device("gpu0")
 
 
+def test_bf16_probe_tells_emulated_from_native_bf16(monkeypatch) -> None:
+    cpu = torch.device("cpu")
+    assert cpu_bf16_speedup() > 0 and cpu_bf16_speedup() is cpu_bf16_speedup()  # measured once per process
+    monkeypatch.setattr(devices, "cpu_bf16_speedup", lambda: 0.3)  # emulated bf16: slower than fp32
+    assert not devices.prefers_bf16(cpu) and resolve_dtype("auto", cpu) == torch.float32
+    monkeypatch.setattr(devices, "cpu_bf16_speedup", lambda: 3.4)  # AMX
+    assert devices.prefers_bf16(cpu) and resolve_dtype("auto", cpu) == torch.bfloat16
+
+
 def test_t5_pipeline_round_trip(make_tiny_pipeline, tiny_t5_dir: Path, tmp_path: Path) -> None:
     pipeline = make_tiny_pipeline(T5TextEncoder.from_pretrained(tiny_t5_dir, max_length=6))
     pipeline.save_pretrained(tmp_path / "pipe")
     assert json.loads((tmp_path / "pipe" / "pipeline.json").read_text())["classes"]["text_encoder"] == "T5TextEncoder"
-    loaded = WorldDreamerPipeline.from_pretrained(tmp_path / "pipe", device="cpu")
+    loaded = WorldDreamerPipeline.from_pretrained(tmp_path / "pipe", device="cpu", dtype="fp32")
     assert isinstance(loaded.text_encoder.encoder, T5TextEncoder) and loaded.text_encoder.encoder.max_length == 6
     for pipe in (pipeline, loaded):
         pipe.text_encoder.cache.clear()

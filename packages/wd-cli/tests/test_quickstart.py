@@ -15,7 +15,7 @@ from wd_cli import quickstart
 from wd_cli.main import cli
 from wd_cli.media import read_frames
 from wd_cli.pipeline import WorldDreamerPipeline
-from wd_cli.quickstart import CALIBRATION_STEPS, QuickstartConfig, calibrated_steps
+from wd_cli.quickstart import Deadline, QuickstartConfig
 
 TASKS = ("text2video", "image2video", "predict", "interpolate", "inpaint", "outpaint", "stylize", "action2video",
          "text+actions")
@@ -51,9 +51,9 @@ def test_quickstart_writes_every_output_and_reuses_its_models(tmp_path: Path) ->
     page = (out / "index.html").read_text()
     assert all(f"tasks/{task}/output.gif" in page for task in TASKS)
     metrics = json.loads((out / "metrics.json").read_text())
-    # The paper's five tasks, prediction, interpolation, outpainting, text and actions, and four windows of a
+    # The paper's five tasks (with image2video's shape IoU, inpainting's three rows and stylization's), prediction, interpolation, outpainting, text and actions, and four windows of a
     # 24-frame rollout.
-    assert len(metrics) == 9 + 2 + 2 + 2 + 3 + 4 and all("beats_baseline" in row for row in metrics)
+    assert len(metrics) == 9 + 5 + 2 + 2 + 2 + 3 + 4 and all("beats_baseline" in row for row in metrics)
     assert metrics[-1]["name"].startswith("long rollout (24 frames, windows of 8)")
 
     stpt_weights = out / "pipeline" / "stpt" / "model.safetensors"
@@ -76,30 +76,12 @@ def test_quickstart_help_shows_an_example() -> None:
     assert result.exit_code == 0 and "Example:" in result.output and "--minutes" in result.output
 
 
-class FakeTrainer:
-    """A resumable trainer on a fake clock: each call costs `resume` seconds plus `per_step` per new step."""
-
-    def __init__(self, resume: float, per_step: float) -> None:
-        self.now, self.steps, self.resume, self.per_step = 0.0, 0, resume, per_step
-
-    def __call__(self, steps: int) -> None:
-        self.now += self.resume + (steps - self.steps) * self.per_step
-        self.steps = steps
-
-
-@pytest.mark.parametrize("resume, per_step", [(0.0, 0.1), (5.0, 0.1), (30.0, 0.5)])
-def test_calibrated_steps_fill_the_budget_whatever_a_resume_costs(monkeypatch, resume, per_step) -> None:
-    trainer = FakeTrainer(resume, per_step)
-    monkeypatch.setattr(quickstart.time, "monotonic", lambda: trainer.now)
-    budget = 1000.0
-    steps = calibrated_steps(trainer, budget, maximum=10**6)
-    trainer(steps)  # the final run, as the stages make it
-    assert trainer.now == pytest.approx(budget, abs=per_step)
-    assert steps >= 5 * CALIBRATION_STEPS
-
-
-@pytest.mark.parametrize("budget, expected", [(1e6, 500), (1.0, 5 * CALIBRATION_STEPS)])  # capped, over budget
-def test_calibrated_steps_keep_their_bounds(monkeypatch, budget, expected) -> None:
-    trainer = FakeTrainer(resume=1.0, per_step=0.1)
-    monkeypatch.setattr(quickstart.time, "monotonic", lambda: trainer.now)
-    assert calibrated_steps(trainer, budget, maximum=500) == expected
+def test_deadline_gives_training_what_the_later_stages_leave(monkeypatch) -> None:
+    clock = [1000.0]
+    monkeypatch.setattr(quickstart.time, "monotonic", lambda: clock[0])
+    deadline = Deadline(minutes=10)
+    assert deadline.training_seconds(reserved=150) == 450
+    clock[0] += 300  # a stage took five minutes: the next one gets what is left
+    assert deadline.training_seconds(reserved=150) == 150
+    clock[0] += 1000  # past the end: a late stage still runs a step rather than none
+    assert deadline.training_seconds(reserved=150) == 1.0

@@ -34,6 +34,7 @@ from wd_cli.train import (
 )
 from wd_cli.train.checkpoint import TRAINER_STATE
 from wd_cli.train.configfile import dump_yaml
+from wd_cli.train.trainer import lr_factor
 
 CODEBOOK, TEXT_DIM = 16, 8
 TINY = {"width": 32, "depth": 2, "num_heads": 2, "position_frames": 2, "position_height": 4, "position_width": 4}
@@ -70,7 +71,9 @@ def run_config(caches: dict[str, Path], steps: int = 6, worlds: tuple[str, ...] 
         data=DataSection(sources=sources, batch_size=4),
         model=ModelSection(overrides=dict(TINY)),
         optim=OptimSection(lr=3e-3, warmup_steps=2),
-        train=TrainSection(steps=steps),
+        # float32: these tests compare runs that split or resume the work differently, where bf16 (what `auto` picks
+        # on a CPU with bf16 units) would round differently.
+        train=TrainSection(steps=steps, mixed_precision="no"),
         checkpoint=CheckpointSection(every=2, keep=2),
         logging=LoggingSection(every=1),
     )
@@ -160,12 +163,33 @@ def test_interrupted_checkpoint_write_leaves_the_previous_one(caches, tmp_path, 
 
 
 def test_time_budget_stops_with_a_checkpoint_and_a_finished_run_returns(caches, tmp_path):
-    config = run_config(caches, steps=1000, train=TrainSection(steps=1000, max_minutes=1e-6))
+    config = run_config(caches, steps=1000, train=TrainSection(steps=1000, max_minutes=1e-6, mixed_precision="no"))
     train_stpt(config, tmp_path, progress=False)
     assert latest_checkpoint(tmp_path).name == "step_0000001"
     done = run_config(caches, steps=1)
     model = train_stpt(done, tmp_path, progress=False)
     assert_same_tensors(model.state_dict(), checkpoint_state(tmp_path)[0])
+
+
+def test_lr_anneals_by_whichever_of_steps_and_time_runs_out_first():
+    section = OptimSection(lr=1.0, warmup_steps=10, min_lr_ratio=0.1)
+    assert lr_factor(section, 1000, 4) == pytest.approx(0.5)  # warmup, by steps whatever the time
+    assert lr_factor(section, 1000, 4, time_spent=1.0) == pytest.approx(0.5)
+    assert lr_factor(section, 1000, 505) == pytest.approx(0.55)  # half way by steps
+    assert lr_factor(section, 1000, 505, time_spent=0.25) == pytest.approx(0.55)  # time is behind: steps lead
+    assert lr_factor(section, 1000, 505, time_spent=1.0) == pytest.approx(0.1)  # time is up: annealed
+    assert lr_factor(section, 1000, 1000, time_spent=0.0) == pytest.approx(0.1)
+
+
+def test_a_spent_time_budget_stops_the_run_across_resumes(caches, tmp_path):
+    config = run_config(caches, steps=1000, train=TrainSection(steps=1000, time_budget_minutes=1e-6))
+    train_stpt(config, tmp_path, progress=False)
+    first = latest_checkpoint(tmp_path)
+    assert first.name == "step_0000001"
+    state = torch.load(first / "trainer_state.pt", weights_only=True)
+    assert state["trained_seconds"] > 6e-5  # the budget, 1e-6 minutes, was spent by the first step
+    train_stpt(config, tmp_path, progress=False)  # resumed: the budget counts the first call's time
+    assert latest_checkpoint(tmp_path) == first
 
 
 def test_ema_weights_are_returned_and_saved_and_tensorboard_logs(caches, tmp_path):
@@ -244,7 +268,7 @@ def test_two_processes_match_one_process(caches, tmp_path, strategy):
     """torchrun, 2 CPU ranks on gloo, global batch 4 (DDP, or FSDP2 in float32): both ranks end with identical
     weights, equal to one process's with the same global batch."""
     config = run_config(caches, steps=3, checkpoint=CheckpointSection(every=3),
-                        train=TrainSection(steps=3, grad_accumulation=2, device="cpu"),
+                        train=TrainSection(steps=3, grad_accumulation=2, device="cpu", mixed_precision="no"),
                         parallel=ParallelSection(strategy=strategy, fsdp_param_dtype="float32"))
     (tmp_path / "config.yaml").write_text(dump_yaml(config))
     (tmp_path / "rank_script.py").write_text(RANK_SCRIPT)
@@ -266,7 +290,7 @@ def test_two_processes_match_one_process(caches, tmp_path, strategy):
 @pytest.mark.distributed
 def test_torchrun_launches_the_wd_command(caches, tmp_path):
     """`torchrun -m wd_cli train stpt`: 2 ranks, one checkpoint, the weights of one process."""
-    config = run_config(caches, steps=2, train=TrainSection(steps=2, device="cpu"))
+    config = run_config(caches, steps=2, train=TrainSection(steps=2, device="cpu", mixed_precision="no"))
     (tmp_path / "config.yaml").write_text(dump_yaml(config))
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", "-m",
                "wd_cli", "train", "stpt", "-c", str(tmp_path / "config.yaml"), "--no-progress", str(tmp_path / "ddp")]

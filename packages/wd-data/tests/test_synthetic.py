@@ -21,7 +21,9 @@ from wd_data.synthetic import (
     ShapesConfig,
     ShapesDataset,
     ShapesWorld,
+    colour_mask,
     detect_shapes,
+    palette_labels,
     estimate_forward_motion,
     estimate_road_heading,
     estimate_yaw_change,
@@ -137,6 +139,18 @@ def test_detector_tolerates_noise_like_a_decoder_adds():
         (detection,) = detect_shapes(frame)
         assert detection.colour == clip.state["colours"][0]
         np.testing.assert_allclose(detection.centre, position, atol=1.0)
+
+
+def test_colour_mask_is_the_rendered_shape_and_labels_cover_the_palette():
+    clip = ShapesWorld(ShapesConfig(min_shapes=1, max_shapes=1, num_frames=2)).render(5)
+    colour = clip.state["colours"][0]
+    mask = colour_mask(clip.frames[0], colour)
+    assert np.array_equal(mask, np.all(clip.frames[0] == PALETTE[colour], axis=-1))
+    labels = palette_labels(clip.frames[0])
+    assert set(np.unique(labels)) == {list(PALETTE).index(colour), len(PALETTE)}  # the shape and the background
+    assert (palette_labels(np.full((4, 4, 3), 128, np.uint8), tolerance=10) == -1).all()  # grey is nothing
+    with pytest.raises(ValueError, match="unknown colour"):
+        colour_mask(clip.frames[0], "purple")
 
 
 def test_detector_finds_nothing_on_background_and_rejects_bad_shapes():

@@ -18,7 +18,7 @@ def test_open_muse_preset_has_its_parameter_count():
     assert model.quantize.embedding.weight.shape == (8192, 64)
 
 
-@pytest.mark.parametrize("name,factor", [("f4-small", 4), ("f8-small", 8), ("f16-small", 16)])
+@pytest.mark.parametrize("name,factor", [("f4-small", 4), ("f4-patch", 4), ("f8-small", 8), ("f16-small", 16)])
 def test_small_presets_are_cpu_sized(name, factor):
     model = VQGAN(get_config(name))
     assert 200_000 < sum(p.numel() for p in model.parameters()) < 5_000_000
@@ -139,3 +139,30 @@ def test_video_api_edge_cases(tiny_model, synthetic_clip):
         tiny_model.decode_video(masked, chunk_size=2)
     with pytest.raises(ValueError, match="integer ids"):
         tiny_model.decode_video(ids.float())
+
+
+@settings(max_examples=10, deadline=None)
+@given(st.integers(0, 3), st.integers(0, 3), st.integers(0, 2**31 - 1))
+def test_patch_encoder_codes_each_patch_alone(row, col, seed):
+    """Two images that share one 4x4 patch, with anything elsewhere, give that patch the same latent and id (the conv
+    encoder's receptive field and GroupNorm would not), and a plain image gets one id everywhere."""
+    torch.manual_seed(0)
+    model = VQGAN(get_config("f4-patch")).eval()
+    generator = torch.Generator().manual_seed(seed)
+    first, second = torch.rand(2, 1, 3, 16, 16, generator=generator)
+    second[..., 4 * row : 4 * row + 4, 4 * col : 4 * col + 4] = first[..., 4 * row : 4 * row + 4, 4 * col : 4 * col + 4]
+    latents = [model.latents(image) for image in (first, second)]
+    torch.testing.assert_close(latents[0][..., row, col], latents[1][..., row, col])
+    assert model.encode(first)[0, row, col] == model.encode(second)[0, row, col]
+    assert not torch.allclose(latents[0], latents[1])  # the rest differs
+    plain = torch.full((1, 3, 16, 16), 0.1)
+    assert model.encode(plain).unique().numel() == 1
+
+
+def test_patch_preset_round_trips_through_save_and_load(tmp_path):
+    torch.manual_seed(0)
+    model = VQGAN(get_config("f4-patch")).eval()
+    model.save_pretrained(tmp_path)
+    loaded = VQGAN.from_pretrained(tmp_path)
+    pixels = torch.rand(1, 3, 16, 16)
+    assert torch.equal(loaded.encode(pixels), model.encode(pixels))

@@ -156,6 +156,19 @@ def test_resume_after_a_crash_keeps_one_metrics_line_per_step(tiny_config, synth
     assert [r["step"] for r in records] == [1, 2, 3, 4, 5]
 
 
+def test_a_spent_time_budget_stops_training_with_a_checkpoint_and_holds_across_resumes(tiny_config, synthetic_clip,
+                                                                                        tmp_path):
+    config = TrainConfig(steps=1000, checkpoint_every=1000, time_budget_minutes=1e-6,
+                         loss=LossConfig(perceptual_weight=0.0, disc_start=10**9))
+    batches = frame_batches(synthetic_clip, batch_size=2)
+    train_vqgan(VQGAN(tiny_config), batches, config, tmp_path, progress=False)
+    assert [path.name for path in checkpoint_dirs(tmp_path)] == ["step_0000001"]  # stopped after its first step
+    state = torch.load(tmp_path / "checkpoints/step_0000001/trainer_state.pt", weights_only=True)
+    assert state["trained_seconds"] > 6e-5
+    train_vqgan(VQGAN(tiny_config), batches, config, tmp_path, progress=False)  # the budget is the run's, not the call's
+    assert [path.name for path in checkpoint_dirs(tmp_path)] == ["step_0000001"]
+
+
 def test_bad_training_settings_are_refused(tiny_model):
     with pytest.raises(ValueError, match="'grad_accumulation': 0"):
         TrainConfig(grad_accumulation=0)
@@ -163,5 +176,7 @@ def test_bad_training_settings_are_refused(tiny_model):
         TrainConfig(steps=-1)
     with pytest.raises(ValueError, match="mixed_precision"):
         TrainConfig(mixed_precision="fp16")
+    with pytest.raises(ValueError, match="time_budget_minutes"):
+        TrainConfig(time_budget_minutes=float("inf"))
     with pytest.raises(ValueError, match="at least one batch"):
         evaluate(tiny_model, [])

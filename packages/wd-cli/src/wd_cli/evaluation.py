@@ -2,10 +2,12 @@
 
 What `wd quickstart` and `wd eval` report, all measured with the synthetic worlds' own detectors
 (`wd_data.synthetic`): tokenizer PSNR/SSIM; PSNR and object-position error of image-to-video and prediction
-(against copying the first / the last given frame), interpolation (against blending the keyframes) and
-outpainting (against replicating the edge pixels); the turn directions of action-to-video, of text and actions
-together, and of rollouts three windows long, window by window (from the road's heading in view); and
-text-to-video colour/shape agreement.
+(against copying the first / the last given frame), inpainting (against painting the box over), interpolation
+(against blending the keyframes) and outpainting (against replicating the edge pixels), and for image-to-video
+and inpainting whether the shapes keep their form; stylization's recolouring; the turn directions of
+action-to-video, of text and actions together, and of rollouts three windows long, window by window (from the
+road's heading in view); and text-to-video colour/shape agreement. Each number comes with a bootstrap interval
+over its clips, and beats its baseline only when the whole interval does.
 """
 
 from __future__ import annotations
@@ -13,7 +15,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
@@ -23,6 +25,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 from wd_data.synthetic import (
+    BACKGROUND,
     KINDS,
     PALETTE,
     Clip,
@@ -30,9 +33,11 @@ from wd_data.synthetic import (
     DriveWorld,
     ShapesConfig,
     ShapesWorld,
+    colour_mask,
     detect_shapes,
     estimate_road_heading,
     eval_seeds,
+    palette_labels,
 )
 from wd_tokenizer import evaluate as evaluate_tokenizer
 from wd_tokenizer.io import atomic_write_text
@@ -56,16 +61,45 @@ class Metric:
     baseline_name: str
     better: Literal["higher", "lower"]
     on_truth: float | None = None
+    interval: tuple[float, float] | None = None  # 95% bootstrap interval of `value` over the clips
 
     def __post_init__(self) -> None:
         # numpy scalars (from means) would make beats_baseline a numpy bool, which JSON refuses.
         self.value, self.baseline = float(self.value), float(self.baseline)
         self.on_truth = None if self.on_truth is None else float(self.on_truth)
+        self.interval = None if self.interval is None else (float(self.interval[0]), float(self.interval[1]))
 
     @property
     def beats_baseline(self) -> bool:
-        """True when the model is strictly better than the baseline."""
-        return self.value > self.baseline if self.better == "higher" else self.value < self.baseline
+        """True when the model is strictly better than the baseline; with an interval, only when the whole
+        interval is (a difference the clips drawn could explain is not a win)."""
+        low, high = self.interval if self.interval is not None else (self.value, self.value)
+        return low > self.baseline if self.better == "higher" else high < self.baseline
+
+
+def bootstrap_interval(
+    values: Sequence[float], statistic: Callable[[np.ndarray], float] = np.mean, confidence: float = 0.95,
+    resamples: int = 2000, seed: int = 0,
+) -> tuple[float, float]:
+    """Percentile bootstrap interval of `statistic` over per-clip `values` (resampling clips with replacement)."""
+    data = np.asarray(values, dtype=np.float64)
+    if data.size == 0:
+        raise ValueError("no values to bootstrap")
+    picks = np.random.default_rng(seed).integers(0, data.size, size=(resamples, data.size))
+    stats = np.array([statistic(row) for row in data[picks]])
+    # inverted_cdf picks sampled values (no interpolation), so an infinite PSNR gives inf, not nan.
+    low, high = np.quantile(stats, [(1 - confidence) / 2, (1 + confidence) / 2], method="inverted_cdf")
+    return float(low), float(high)
+
+
+def clip_metric(
+    name: str, values: Sequence[float], baseline: float, baseline_name: str, better: Literal["higher", "lower"],
+    on_truth: float | None = None, statistic: Callable[[np.ndarray], float] = np.mean,
+) -> Metric:
+    """A Metric from per-clip values: their `statistic` and its bootstrap interval."""
+    data = np.asarray(values, dtype=np.float64)
+    return Metric(name, float(statistic(data)), baseline, baseline_name, better, on_truth,
+                  bootstrap_interval(data, statistic))
 
 
 def synthetic_worlds(height: int, width: int, num_frames: int) -> tuple[ShapesConfig, DriveConfig]:
@@ -149,14 +183,69 @@ def _position_errors(frames: np.ndarray, state: dict, miss_penalty: float) -> np
     return errors
 
 
+def _centroid(mask: np.ndarray) -> np.ndarray:
+    rows, cols = np.nonzero(mask)
+    return np.array([rows.mean(), cols.mean()])
+
+
+def _shifted(mask: np.ndarray, rows: int, cols: int) -> np.ndarray:
+    """bool (H, W) mask moved by (rows, cols) pixels; what leaves the frame is dropped."""
+    out = np.zeros_like(mask)
+    height, width = mask.shape
+    source = mask[max(0, -rows) : height - max(0, rows), max(0, -cols) : width - max(0, cols)]
+    out[max(0, rows) : max(0, rows) + source.shape[0], max(0, cols) : max(0, cols) + source.shape[1]] = source
+    return out
+
+
+def aligned_iou(mask: np.ndarray, reference: np.ndarray) -> float:
+    """IoU of bool (H, W) `mask` with `reference` once their centroids are aligned (the best of the four
+    whole-pixel shifts around the centroid difference, so sub-pixel positions cost nothing); 0 if either is
+    empty. Measures shape, not place."""
+    if not mask.any() or not reference.any():
+        return 0.0
+    offset = _centroid(reference) - _centroid(mask)
+    best = 0.0
+    for rows in {math.floor(offset[0]), math.ceil(offset[0])}:
+        for cols in {math.floor(offset[1]), math.ceil(offset[1])}:
+            moved = _shifted(mask, rows, cols)
+            best = max(best, float((moved & reference).sum() / (moved | reference).sum()))
+    return best
+
+
+def _disc_like(mask: np.ndarray) -> np.ndarray:
+    """A disc of the mask's area at its centroid: what a shape melted into a round blob looks like."""
+    centre = _centroid(mask)
+    rows, cols = np.indices(mask.shape)
+    radius = math.sqrt(mask.sum() / math.pi)
+    return (rows - centre[0]) ** 2 + (cols - centre[1]) ** 2 <= radius**2
+
+
+def shape_ious(frames: np.ndarray, reference: np.ndarray, colours: Sequence[str]) -> np.ndarray:
+    """(N, S) `aligned_iou` of each shape's colour mask in each frame uint8 (N, H, W, 3) against the same
+    colour's mask in the reference frame uint8 (H, W, 3)."""
+    references = [colour_mask(reference, colour) for colour in colours]
+    return np.array([[aligned_iou(colour_mask(frame, colour), ref) for colour, ref in zip(colours, references,
+                                                                                          strict=True)]
+                     for frame in frames])
+
+
+def _melted_iou(reference: np.ndarray, colours: Sequence[str]) -> float:
+    """Mean IoU of each shape's mask in the reference frame with a disc of its area (the 'blob' baseline)."""
+    masks = [colour_mask(reference, colour) for colour in colours]
+    return float(np.mean([aligned_iou(_disc_like(mask), mask) if mask.any() else 0.0 for mask in masks]))
+
+
 class _ShapesScores:
     """Per-clip PSNR and shape-position error of a task's frames beside its baseline's (and the detector's error
-    on the true frames), over chosen frames; for PSNR optionally only over chosen columns."""
+    on the true frames), over chosen frames; for PSNR optionally only over chosen columns. With `shapes_kept`,
+    also whether the shapes keep their form: `shape_ious` of the scored frames after the first against the true
+    first frame, beside a shape melted into a disc."""
 
-    def __init__(self, config: EvalConfig) -> None:
+    def __init__(self, config: EvalConfig, shapes_kept: bool = False) -> None:
         # A shape that is not found at all is as wrong as a guess in the far corner: half the image diagonal.
         self.miss = 0.5 * math.hypot(config.shapes.height, config.shapes.width)
-        self.rows: list[tuple[float, float, float, float, float]] = []
+        self.shapes_kept = shapes_kept
+        self.rows: list[tuple[float, ...]] = []
 
     def add(self, generated: np.ndarray, baseline: np.ndarray, clip: Clip, frames: np.ndarray,
             columns: np.ndarray | slice = slice(None)) -> None:
@@ -165,23 +254,32 @@ class _ShapesScores:
         state = {**clip.state, "positions": clip.state["positions"][frames]}
         error = [_position_errors(video[frames], state, self.miss).mean()
                  for video in (generated, baseline, clip.frames)]
-        self.rows.append((psnr(_pixels(generated[frames][:, :, columns]), truth),
-                          psnr(_pixels(baseline[frames][:, :, columns]), truth), *error))
+        row = (psnr(_pixels(generated[frames][:, :, columns]), truth),
+               psnr(_pixels(baseline[frames][:, :, columns]), truth), *error)
+        if self.shapes_kept:
+            later, colours = frames[frames > 0], list(clip.state["colours"])
+            row += (shape_ious(generated[later], clip.frames[0], colours).mean(),
+                    shape_ious(clip.frames[later], clip.frames[0], colours).mean(), _melted_iou(clip.frames[0], colours))
+        self.rows.append(row)
 
     def metrics(self, task: str, scored: str, baseline: str) -> list[Metric]:
-        """The PSNR row and the position-error row, `scored` naming what was scored."""
-        model_psnr, base_psnr, model_error, base_error, truth_error = np.mean(self.rows, axis=0)
-        return [Metric(f"{task} PSNR, {scored} (dB)", model_psnr, base_psnr, baseline, "higher"),
-                Metric(f"{task} position error, {scored} (px)", model_error, base_error, baseline, "lower",
-                       truth_error)]
+        """The PSNR row and the position-error row, `scored` naming what was scored (and the shape-IoU row)."""
+        columns = np.array(self.rows).T
+        metrics = [clip_metric(f"{task} PSNR, {scored} (dB)", columns[0], np.mean(columns[1]), baseline, "higher"),
+                   clip_metric(f"{task} position error, {scored} (px)", columns[2], np.mean(columns[3]), baseline,
+                               "lower", np.mean(columns[4]))]
+        if self.shapes_kept:
+            metrics.append(clip_metric(f"{task} shape IoU with frame 1, {scored}", columns[5], np.mean(columns[7]),
+                                       "melted into a disc", "higher", np.mean(columns[6])))
+        return metrics
 
 
 def image_to_video_metrics(
     pipe: WorldDreamerPipeline, config: EvalConfig, progress: bool = True
 ) -> list[Metric]:
     """First frame + caption -> video, scored on frames 2..N against the ground truth and against copying
-    the first frame N times (PSNR, and the shapes' position error from the world state)."""
-    world, scores = ShapesWorld(config.shapes), _ShapesScores(config)
+    the first frame N times (PSNR, and the shapes' position error from the world state), and the shapes' form."""
+    world, scores = ShapesWorld(config.shapes), _ShapesScores(config, shapes_kept=True)
     for index, seed in enumerate(tqdm(config.seeds("image2video"), desc="eval image2video", disable=not progress)):
         clip = world.render(seed)
         generated = pipe.image_to_video(clip.frames[0], prompt=clip.caption, num_frames=len(clip.frames),
@@ -189,6 +287,65 @@ def image_to_video_metrics(
         copied = np.repeat(clip.frames[:1], len(clip.frames), axis=0)
         scores.add(generated, copied, clip, np.arange(1, len(clip.frames)))
     return scores.metrics("image2video", "frames 2..N", "copy first frame")
+
+
+def inpaint_box(height: int, width: int) -> tuple[int, int, int, int]:
+    """The centre box (top, left, bottom, right) that the inpainting evaluation and the report regenerate:
+    half the frame's height and width."""
+    return height // 4, width // 4, 3 * height // 4, 3 * width // 4
+
+
+def inpaint_metrics(pipe: WorldDreamerPipeline, config: EvalConfig, progress: bool = True) -> list[Metric]:
+    """Held-out clips with the centre box regenerated under their captions, scored on every frame against
+    painting the box with the background (a shape inside it is lost), and the shapes' form."""
+    world, scores = ShapesWorld(config.shapes), _ShapesScores(config, shapes_kept=True)
+    top, left, bottom, right = inpaint_box(config.shapes.height, config.shapes.width)
+    for index, seed in enumerate(tqdm(config.seeds("inpaint"), desc="eval inpaint", disable=not progress)):
+        clip = world.render(seed)
+        generated = pipe.inpaint(clip.frames, box=(top, left, bottom, right), prompt=clip.caption,
+                                 steps=config.steps, seed=config.seed + index).frames
+        blank = clip.frames.copy()
+        blank[:, top:bottom, left:right] = BACKGROUND
+        scores.add(generated, blank, clip, np.arange(len(clip.frames)))
+    return scores.metrics("inpaint", "centre box regenerated", "box painted background")
+
+
+def recoloured(caption: str, colour: str) -> str:
+    """The caption with its first colour word replaced by `colour` (a stylization prompt)."""
+    for name in PALETTE:
+        if name in caption.split():
+            return caption.replace(name, colour, 1)
+    return caption
+
+
+def _stylized_frames(frames: np.ndarray, state: dict, source: str, target: str) -> np.ndarray:
+    """bool (N,): frames where the first shape shows in `target` near its true centre (within its size) and
+    `target` outweighs the `source` colour left of it."""
+    hits = []
+    for frame, centre in zip(frames, state["positions"][:, 0], strict=True):
+        labels = palette_labels(frame)
+        new, old = labels == list(PALETTE).index(target), labels == list(PALETTE).index(source)
+        near = new.sum() >= 4 and math.dist(_centroid(new)[::-1] + 0.5, centre) <= state["sizes"][0]
+        hits.append(bool(near and new.sum() > old.sum()))
+    return np.array(hits)
+
+
+def stylize_metrics(pipe: WorldDreamerPipeline, config: EvalConfig, progress: bool = True) -> list[Metric]:
+    """Held-out clips restyled under their caption with the first shape's colour replaced by another: the
+    fraction of frames where the new colour has replaced the old one on the shape's true track, beside
+    recolouring with a random other palette colour (chance)."""
+    world = ShapesWorld(config.shapes)
+    rates = []
+    for index, seed in enumerate(tqdm(config.seeds("stylize"), desc="eval stylize", disable=not progress)):
+        clip = world.render(seed)
+        source = str(clip.state["colours"][0])
+        others = [name for name in PALETTE if name != source]
+        target = others[seed % len(others)]
+        generated = pipe.stylize(clip.frames, recoloured(clip.caption, target), steps=config.steps,
+                                 seed=config.seed + index).frames
+        rates.append(_stylized_frames(generated, clip.state, source, target).mean())
+    return [clip_metric("stylize: prompt's colour on the shape's track (rate of frames)", rates,
+                        1 / (len(PALETTE) - 1), "chance", "higher")]
 
 
 def prediction_metrics(pipe: WorldDreamerPipeline, config: EvalConfig, progress: bool = True) -> list[Metric]:
@@ -272,7 +429,7 @@ def _turn_metrics(task: str, config: EvalConfig, generate: Callable[[Clip, np.nd
     that has lost the road can mislead the estimator, so a mean would follow its outliers)."""
     world, drive = DriveWorld(config.drive), config.drive
     commanded = config.turn_yaw * (drive.num_frames - 1)
-    correct = truth_correct = total = 0
+    hits, truth_hits = [], []
     yaws: dict[float, list[float]] = {1.0: [], -1.0: []}
     for index, seed in enumerate(tqdm(config.seeds(task), desc=f"eval {task}", disable=not progress)):
         for sign in (1.0, -1.0):
@@ -280,16 +437,15 @@ def _turn_metrics(task: str, config: EvalConfig, generate: Callable[[Clip, np.nd
             clip = world.render(seed, actions=actions)
             yaw = measured_yaw(generate(clip, actions, index), drive)
             yaws[sign].append(float(np.nan_to_num(yaw)))  # no road in the first frame: no turn
-            correct += _turned(sign, yaw, commanded)
-            truth_correct += _turned(sign, measured_yaw(clip.frames, drive), commanded)
-            total += 1
+            hits.append(_turned(sign, yaw, commanded))
+            truth_hits.append(_turned(sign, measured_yaw(clip.frames, drive), commanded))
     return [
-        Metric(f"{task} turns in the commanded direction (rate)", correct / total, 0.5, "chance", "higher",
-               truth_correct / total),
-        Metric(f"{task} median measured yaw, left turn (rad; commanded {commanded:+.2f})",
-               float(np.median(yaws[1.0])), 0.0, "no turn", "higher"),
-        Metric(f"{task} median measured yaw, right turn (rad; commanded {-commanded:+.2f})",
-               float(np.median(yaws[-1.0])), 0.0, "no turn", "lower"),
+        clip_metric(f"{task} turns in the commanded direction (rate)", hits, 0.5, "chance", "higher",
+                    np.mean(truth_hits)),
+        clip_metric(f"{task} median measured yaw, left turn (rad; commanded {commanded:+.2f})", yaws[1.0], 0.0,
+                    "no turn", "higher", statistic=np.median),
+        clip_metric(f"{task} median measured yaw, right turn (rad; commanded {-commanded:+.2f})", yaws[-1.0], 0.0,
+                    "no turn", "lower", statistic=np.median),
     ]
 
 
@@ -334,7 +490,8 @@ def long_rollout_metrics(pipe: WorldDreamerPipeline, config: EvalConfig, progres
     drive = dataclasses.replace(config.drive, num_frames=frames)
     world = DriveWorld(drive)
     windows = plan_windows([True] + [False] * (frames - 1), window, context)
-    correct, truth_correct = np.zeros(len(windows)), np.zeros(len(windows))
+    hits: list[list[bool]] = [[] for _ in windows]
+    truth_hits: list[list[bool]] = [[] for _ in windows]
     seeds = config.seeds("long-rollout")
     for index, seed in enumerate(tqdm(seeds, desc="eval long-rollout", disable=not progress)):
         for sign in (1.0, -1.0):
@@ -342,16 +499,15 @@ def long_rollout_metrics(pipe: WorldDreamerPipeline, config: EvalConfig, progres
             clip = world.render(seed, actions=actions)
             generated = pipe.action_to_video(clip.frames[0], actions, steps=config.steps,
                                              seed=config.seed + index).frames
-            for videos, counts in ((generated, correct), (clip.frames, truth_correct)):
+            for videos, per_window in ((generated, hits), (clip.frames, truth_hits)):
                 headings = [estimate_road_heading(frame, drive) for frame in videos]
                 for number, span in enumerate(windows):
                     commanded = config.rollout_yaw * (span.end - span.new)
                     turn = headings[span.end - 1] - headings[span.new - 1]
-                    counts[number] += _turned(sign * (-1) ** number, turn, commanded)
-    total = 2 * len(seeds)
-    return [Metric(f"long rollout ({frames} frames, windows of {window}): turns the commanded way, window "
-                   f"{number + 1} of {len(windows)} (rate)", correct[number] / total, 0.5, "chance", "higher",
-                   truth_correct[number] / total)
+                    per_window[number].append(_turned(sign * (-1) ** number, turn, commanded))
+    return [clip_metric(f"long rollout ({frames} frames, windows of {window}): turns the commanded way, window "
+                        f"{number + 1} of {len(windows)} (rate)", hits[number], 0.5, "chance", "higher",
+                        np.mean(truth_hits[number]))
             for number in range(len(windows))]
 
 
@@ -395,18 +551,19 @@ def text_to_video_metrics(
         generated_hits.append(_prompt_match(_dominant_shape(generated), clip.state))
         truth_hits.append(_prompt_match(_dominant_shape(clip.frames), clip.state))
     chance_colour = np.mean(named) / len(PALETTE)
-    rates = np.mean(generated_hits, axis=0)
-    truth = np.mean(truth_hits, axis=0)
+    hits, truth = np.array(generated_hits, dtype=float), np.mean(truth_hits, axis=0)
     return [
-        Metric("text2video dominant colour named in the prompt (rate)", float(rates[0]), chance_colour,
-               "chance", "higher", float(truth[0])),
-        Metric("text2video dominant colour and shape match the prompt (rate)", float(rates[1]),
-               chance_colour / len(KINDS), "chance", "higher", float(truth[1])),
+        clip_metric("text2video dominant colour named in the prompt (rate)", hits[:, 0], chance_colour,
+                    "chance", "higher", truth[0]),
+        clip_metric("text2video dominant colour and shape match the prompt (rate)", hits[:, 1],
+                    chance_colour / len(KINDS), "chance", "higher", truth[1]),
     ]
 
 
 EVALUATIONS: dict[str, Callable[[WorldDreamerPipeline, EvalConfig, bool], list[Metric]]] = {
     "image2video": image_to_video_metrics,
+    "inpaint": inpaint_metrics,
+    "stylize": stylize_metrics,
     "action2video": action_to_video_metrics,
     "text2video": text_to_video_metrics,
     "predict": prediction_metrics,
@@ -431,10 +588,17 @@ def evaluate_pipeline(
     return metrics
 
 
+def format_value(metric: Metric) -> str:
+    """The model's number with its interval, e.g. '0.953 [0.891, 1.000]'."""
+    if metric.interval is None:
+        return f"{metric.value:.3f}"
+    return f"{metric.value:.3f} [{metric.interval[0]:.3f}, {metric.interval[1]:.3f}]"
+
+
 def format_metrics(metrics: list[Metric]) -> str:
     """A plain-text table: metric, model, baseline, whether the model beats it, the true clips' number."""
-    rows = [("metric", "model", "baseline", "beats it", "true clips")]
-    rows += [(m.name, f"{m.value:.3f}", f"{m.baseline:.3f} ({m.baseline_name})", "yes" if m.beats_baseline else "no",
+    rows = [("metric", "model [95% interval]", "baseline", "beats it", "true clips")]
+    rows += [(m.name, format_value(m), f"{m.baseline:.3f} ({m.baseline_name})", "yes" if m.beats_baseline else "no",
               "-" if m.on_truth is None else f"{m.on_truth:.3f}") for m in metrics]
     widths = [max(len(row[column]) for row in rows) for column in range(len(rows[0]))]
     lines = ["  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)) for row in rows]

@@ -6,6 +6,10 @@ import importlib
 
 import click
 
+from wd_cli.threads import configure_threads
+
+configure_threads()  # before any subcommand imports torch
+
 # name -> "module:attribute" of its click command.
 SUBCOMMANDS = {
     "convert": "wd_cli.convert:convert",

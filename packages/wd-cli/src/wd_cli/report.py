@@ -11,7 +11,7 @@ import numpy as np
 from PIL import Image, ImageDraw
 from wd_data import write_video
 
-from wd_cli.evaluation import Metric
+from wd_cli.evaluation import Metric, format_value
 
 # Unknown tokens are shown in the mask column tinted with this colour (half opacity).
 _UNKNOWN_TINT = np.array([255, 0, 255], dtype=np.float32)
@@ -103,7 +103,7 @@ def write_index(
         for task in tasks
     )
     table = "\n".join(
-        f"<tr><td>{html.escape(m.name)}</td><td>{m.value:.3f}</td><td>{m.baseline:.3f} "
+        f"<tr><td>{html.escape(m.name)}</td><td>{format_value(m)}</td><td>{m.baseline:.3f} "
         f"({html.escape(m.baseline_name)})</td><td>{'yes' if m.beats_baseline else 'no'}</td>"
         f"<td>{'-' if m.on_truth is None else f'{m.on_truth:.3f}'}</td></tr>"
         for m in metrics
@@ -116,7 +116,7 @@ img{{image-rendering:pixelated}} table{{border-collapse:collapse}} tr{{border-bo
 <p>Every clip below was generated on held-out seeds the models never saw in training. Mask column: the input
 with the tokens the model generated tinted magenta. <a href="{sheet}">Contact sheet (PNG)</a>.</p>
 <h2>Quality on held-out clips</h2>
-<table><tr><th>metric</th><th>model</th><th>baseline</th><th>beats it</th><th>true clips</th></tr>
+<table><tr><th>metric</th><th>model [95% interval]</th><th>baseline</th><th>beats it</th><th>true clips</th></tr>
 {table}
 </table>
 <h2>The tasks</h2>

@@ -1,4 +1,4 @@
-"""One attention function behind three backends: SDPA (default), xformers (CUDA), plain math (tests)."""
+"""One attention function behind three backends: SDPA (default), xformers (CUDA), plain math (tests; bf16 on the CPU)."""
 
 from __future__ import annotations
 
@@ -45,6 +45,10 @@ def attention(
             _warn_once("xformers is not installed or the tensors are not on CUDA; using PyTorch SDPA")
     elif backend != "sdpa":
         raise ValueError(f"unknown attention backend {backend!r}; choose sdpa, xformers or math")
+    if q.device.type == "cpu" and q.dtype == torch.bfloat16:
+        # SDPA's fused CPU kernel runs bf16 at under half the speed of two batched matmuls at window sizes
+        # (docs/benchmarks.md, "bf16 on the CPU"), while the matmuls use the CPU's bf16 units.
+        return _math_attention(q, k, v, mask)
     return F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
 
 

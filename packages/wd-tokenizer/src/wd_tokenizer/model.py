@@ -23,7 +23,7 @@ from torch import nn
 
 from wd_tokenizer.fieldtypes import check_field_types
 from wd_tokenizer.io import atomic_write_text, checkpoint_dir, read_json, read_tensors, save_module_weights
-from wd_tokenizer.modules import Decoder, Encoder
+from wd_tokenizer.modules import Decoder, Encoder, PatchEncoder
 from wd_tokenizer.quantizers import build_quantizer
 
 
@@ -56,6 +56,9 @@ class VQGANConfig:
     threshold_ema_dead_code: float = 0.0
     ema_decay: float = 0.8
     fsq_levels: list[int] | None = None  # "fsq": the codebook size is their product (num_embeddings unused)
+    # "conv": the taming / open-muse encoder; "patch": each downsample_factor-sized patch encoded on its own
+    # (modules.PatchEncoder), so that equal patches get equal codes whatever surrounds them.
+    encoder: Literal["conv", "patch"] = "conv"
 
     def __post_init__(self) -> None:
         check_field_types(self)
@@ -67,6 +70,8 @@ class VQGANConfig:
         widths = [self.hidden_channels * m for m in self.channel_mult]
         if any(w % self.norm_groups for w in widths):
             raise ValueError(f"every width {widths} must be a multiple of norm_groups={self.norm_groups}")
+        if self.pixel_range not in ("unit", "signed"):
+            raise ValueError(f"pixel_range must be 'unit' or 'signed', got {self.pixel_range!r}")
         if not 0 <= self.dropout < 1 or self.commitment_weight < 0 or not 0 <= self.ema_decay <= 1:
             raise ValueError(f"dropout must be in [0, 1), commitment_weight >= 0 and ema_decay in [0, 1], got "
                              f"{self.dropout}, {self.commitment_weight}, {self.ema_decay}")
@@ -75,6 +80,8 @@ class VQGANConfig:
         codes = math.prod(self.fsq_levels) if self.quantizer == "fsq" and self.fsq_levels else self.num_embeddings
         if codes > MAX_CODEBOOK:
             raise ValueError(f"a codebook of {codes} codes is past MAX_CODEBOOK = {MAX_CODEBOOK}")
+        if self.encoder not in ("conv", "patch"):
+            raise ValueError(f"encoder must be 'conv' or 'patch', got {self.encoder!r}")
 
     @property
     def downsample_factor(self) -> int:
@@ -93,7 +100,7 @@ class VQGAN(nn.Module):
     def __init__(self, config: VQGANConfig) -> None:
         super().__init__()
         self.config = config
-        self.encoder = Encoder(config)
+        self.encoder = build_encoder(config)
         self.decoder = Decoder(config)
         self.quant_conv = nn.Conv2d(config.z_channels, config.embed_dim, kernel_size=1)
         self.quantize = build_quantizer(config)
@@ -262,12 +269,17 @@ def _first_few(names: list[str], limit: int = 3) -> str:
     return f"[{shown}{', ...' if len(names) > limit else ''}]"
 
 
+def build_encoder(config: VQGANConfig) -> Encoder | PatchEncoder:
+    """The encoder `config.encoder` names."""
+    return Encoder(config) if config.encoder == "conv" else PatchEncoder(config)
+
+
 def check_encoder_decoder_shapes(config: VQGANConfig, path: Path) -> None:
     """ValueError when the encoder and decoder that `config` describes do not have the shapes stored in the
     safetensors file `path`, found from the shapes alone (a meta-device build and the file's header): a damaged
     config must not allocate a model many times the size of its weights before the mismatch shows."""
     with torch.device("meta"):
-        parts = {"encoder": Encoder(config), "decoder": Decoder(config)}
+        parts = {"encoder": build_encoder(config), "decoder": Decoder(config)}
     expected = {f"{part}.{k}": v.shape for part, module in parts.items() for k, v in module.state_dict().items()}
     with safe_open(path, framework="pt") as weights:
         found = {k: weights.get_slice(k).get_shape() for k in weights.keys() if k.startswith(("encoder.", "decoder."))}
@@ -292,6 +304,8 @@ PRESETS: dict[str, VQGANConfig] = {
     "f8-small": VQGANConfig(channel_mult=[1, 2, 2, 4], **SMALL),
     # The quickstart's: 8x8 tokens per 32x32 frame keep the synthetic worlds' shapes and colours after ~1k steps.
     "f4-small": VQGANConfig(channel_mult=[1, 2, 4], **SMALL),
+    # f4-small with the patch encoder: the quickstart's (equal 4x4 patches, equal codes).
+    "f4-patch": VQGANConfig(channel_mult=[1, 2, 4], encoder="patch", **SMALL),
 }
 
 

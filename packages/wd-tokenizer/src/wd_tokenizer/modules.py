@@ -146,6 +146,35 @@ class Encoder(nn.Module):
         return self.conv_out(F.silu(self.norm_out(x)))
 
 
+class PatchEncoder(nn.Module):
+    """Pixels in model range (B, 3, H, W) -> latents (B, z_channels, H/f, W/f), each f x f patch on its own (a
+    strided patch embedding, then per-position residual MLPs): a token's code depends on its patch's pixels alone.
+
+    The conv encoder's receptive field and GroupNorm's image-wide statistics make a patch's code depend on what
+    lies around it, so a plain background patch gets one of dozens of codes as an object moves nearby
+    (docs/benchmarks.md, quickstart section): noise the STPT would have to predict. Here equal patches always get
+    equal codes; the decoder still sees the neighbourhood.
+    """
+
+    def __init__(self, config: VQGANConfig) -> None:
+        super().__init__()
+        width = config.hidden_channels * config.channel_mult[-1]
+        factor = config.downsample_factor
+        self.conv_in = nn.Conv2d(3, width, kernel_size=factor, stride=factor)
+        self.block = nn.ModuleList(
+            nn.Sequential(nn.SiLU(), nn.Conv2d(width, 2 * width, kernel_size=1), nn.SiLU(),
+                          nn.Conv2d(2 * width, width, kernel_size=1))
+            for _ in range(config.num_res_blocks + 1)
+        )
+        self.conv_out = nn.Conv2d(width, config.z_channels, kernel_size=1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.conv_in(x)
+        for block in self.block:
+            x = x + block(x)
+        return self.conv_out(F.silu(x))
+
+
 class Decoder(nn.Module):
     """Latents (B, z_channels, h, w) -> pixels in model range (B, 3, h*f, w*f); `up[0]` is the full-resolution level."""
 

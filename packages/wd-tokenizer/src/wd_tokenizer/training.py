@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import time
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -46,6 +47,8 @@ class TrainConfig:
     seed: int = 0
     max_nonfinite_steps: int = 20  # skipped steps (non-finite loss or gradient) in a row that stop the run
     loss: LossConfig = field(default_factory=LossConfig)
+    # Total training time over all calls of the run: training stops (with a checkpoint) once it is spent.
+    time_budget_minutes: float | None = None
 
     def __post_init__(self) -> None:
         if not (all_finite(self.lr, self.weight_decay, *self.betas) and self.lr >= 0 and self.weight_decay >= 0
@@ -56,6 +59,8 @@ class TrainConfig:
         bad = {name: getattr(self, name) for name in counts if getattr(self, name) < 1}
         if self.steps < 0:
             bad["steps"] = self.steps
+        if self.time_budget_minutes is not None and not 0 < self.time_budget_minutes < math.inf:
+            bad["time_budget_minutes"] = self.time_budget_minutes
         if bad:
             raise ValueError(f"TrainConfig fields out of range (steps must be >= 0, the others >= 1): {bad}")
         if self.mixed_precision not in ("auto", "bf16", "no"):
@@ -121,6 +126,7 @@ class Trainer:
         self.opt_d = torch.optim.AdamW(self.loss.discriminator.parameters(), **adamw)
         self.bf16 = use_bf16(config.mixed_precision, self.device)
         self.step = 0
+        self.trained_seconds = 0.0  # over all calls of this run
         self.codes = torch.zeros(model.codebook_size, dtype=torch.long)  # code histogram since the last log line
         self.skipped = SkippedSteps(config.max_nonfinite_steps, "train.max_nonfinite_steps")
 
@@ -192,7 +198,8 @@ class Trainer:
             self.model.save_pretrained(staging / "model")
             save_module_weights(self.loss.discriminator, staging / "discriminator.safetensors")
             state = {"step": self.step, "opt_g": self.opt_g.state_dict(), "opt_d": self.opt_d.state_dict(),
-                     "codes": self.codes, "rng": torch.get_rng_state(), "skipped_steps": self.skipped.total}
+                     "codes": self.codes, "rng": torch.get_rng_state(), "skipped_steps": self.skipped.total,
+                     "trained_seconds": self.trained_seconds}
             if torch.cuda.is_available():
                 state["cuda_rng"] = torch.cuda.get_rng_state_all()
             with open(staging / "trainer_state.pt", "wb") as handle:  # a handle: a failed write keeps its errno
@@ -214,6 +221,7 @@ class Trainer:
             self.opt_d.load_state_dict(state["opt_d"])
             self.step, self.codes = int(state["step"]), state["codes"]
             self.skipped.total = int(state.get("skipped_steps", 0))
+            self.trained_seconds = float(state.get("trained_seconds", 0.0))
             torch.set_rng_state(state["rng"])
         except (OSError, ValueError, KeyError, TypeError, RuntimeError) as error:
             raise ValueError(f"cannot resume from {directory}: {' '.join(str(error).split())}") from None
@@ -256,15 +264,22 @@ class Trainer:
             self.model.train()
             self.loss.train()
             bar = tqdm(total=self.config.steps, initial=self.step, disable=not progress, desc="vqgan")
-            while self.step < self.config.steps:
+            budget = math.inf if self.config.time_budget_minutes is None else 60 * self.config.time_budget_minutes
+            while self.step < self.config.steps and self.trained_seconds < budget:
+                start = time.monotonic()
                 logs = self.train_step(batch_fn)
+                self.trained_seconds += time.monotonic() - start
                 bar.update(1)
-                if self.step % self.config.log_every == 0 or self.step == self.config.steps:
+                last = self.step == self.config.steps or self.trained_seconds >= budget
+                if self.step % self.config.log_every == 0 or last:
                     record = self.log({**logs, "skipped_steps": self.skipped.total})
                     bar.set_postfix(l1=f"{record['l1']:.4f}", usage=f"{record['codebook_usage']:.2f}",
                                     skipped=self.skipped.total)
-                if self.step % self.config.checkpoint_every == 0 or self.step == self.config.steps:
+                if self.step % self.config.checkpoint_every == 0 or last:
                     self.save_checkpoint()
+            if self.step < self.config.steps and progress:
+                tqdm.write(f"vqgan: time budget of {self.config.time_budget_minutes:g} min spent, stopping at step "
+                           f"{self.step} of {self.config.steps}")
             bar.close()
         return self.model.eval()
 

@@ -64,10 +64,11 @@ def save_stpt(state: dict[str, torch.Tensor], config: STPTConfig, directory: Pat
 
 def save_checkpoint(run_dir: Path, step: int, model: nn.Module, config: STPTConfig, optimizer: torch.optim.Optimizer,
                     scheduler: Any, ema: AveragedModel | None, data_state: dict, keep: int, env: DistributedEnv,
-                    skipped_steps: int = 0) -> Path:
+                    skipped_steps: int = 0, trained_seconds: float = 0.0) -> Path:
     """Write checkpoint `step` (every rank calls this: the state dicts are gathered); rank 0 writes the files.
     On every rank: TrainingDiverged when a weight is not finite (nothing is written), CheckpointWriteError when
-    a write fails (nothing of it is left)."""
+    a write fails (nothing of it is left). `trained_seconds`: the run's training time so far (its time budget
+    continues from it on resume)."""
     model_state = get_model_state_dict(model, options=FULL)
     optimizer_state = get_optimizer_state_dict(model, optimizer, options=FULL)
     rng = _gather(_rng_state(env.device), env)
@@ -79,7 +80,8 @@ def save_checkpoint(run_dir: Path, step: int, model: nn.Module, config: STPTConf
             with staged_checkpoint(run_dir, step) as staging:
                 save_stpt(model_state, config, staging / "model")
                 state = {"step": step, "optimizer": optimizer_state, "scheduler": scheduler.state_dict(),
-                         "data": data_state, "rng": rng, "skipped_steps": skipped_steps}
+                         "data": data_state, "rng": rng, "skipped_steps": skipped_steps,
+                         "trained_seconds": trained_seconds}
                 if ema is not None:
                     ema.module.save_pretrained(staging / "ema")
                     state["ema_n_averaged"] = ema.n_averaged.cpu()

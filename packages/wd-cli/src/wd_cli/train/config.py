@@ -81,7 +81,11 @@ class TrainSection:
     grad_accumulation: int = 1
     seed: int = 0
     max_minutes: float | None = None  # stop (with a checkpoint) after this much training time in this call
-    mixed_precision: Literal["auto", "bf16", "no"] = "auto"  # auto: bf16 autocast on CUDA, float32 on CPU
+    # Total training time of the run over all its calls: the run stops (with a checkpoint) when it is spent, and
+    # the lr schedule follows whichever of `steps` and this time runs out first, so a deadline ends annealed.
+    time_budget_minutes: float | None = None
+    # auto: bf16 autocast where it is faster (CUDA; a CPU with bf16 units, measured: wd_cli.devices.prefers_bf16)
+    mixed_precision: Literal["auto", "bf16", "no"] = "auto"
     device: str | None = None  # None: cuda:LOCAL_RANK when CUDA is available, else cpu
     max_nonfinite_steps: int = 20  # steps skipped in a row (non-finite loss or gradient) that stop the run
 
@@ -165,5 +169,7 @@ class STPTRunConfig:
             raise ConfigError(f"optim.ema_decay: must be in (0, 1), got {self.optim.ema_decay}")
         if self.optim.ema_decay is not None and self.parallel.strategy == "fsdp":
             raise ConfigError("optim.ema_decay: EMA is not supported with parallel.strategy = 'fsdp'")
-        if self.train.max_minutes is not None and self.train.max_minutes <= 0:
-            raise ConfigError(f"train.max_minutes: must be > 0, got {self.train.max_minutes}")
+        for name in ("max_minutes", "time_budget_minutes"):
+            value = getattr(self.train, name)
+            if value is not None and not 0 < value < float("inf"):
+                raise ConfigError(f"train.{name}: must be a positive number of minutes, got {value}")

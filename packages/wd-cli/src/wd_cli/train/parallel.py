@@ -13,6 +13,7 @@ from torch import nn
 from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
 from torch.nn.parallel import DistributedDataParallel
 
+from wd_cli.devices import prefers_bf16
 from wd_cli.train.config import ParallelSection, TrainSection
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
@@ -86,6 +87,7 @@ def any_rank(flag: bool, env: DistributedEnv) -> bool:
 
 
 def autocast(section: TrainSection, env: DistributedEnv) -> torch.autocast:
-    """bf16 autocast on CUDA (mixed_precision auto or bf16), float32 elsewhere."""
-    enabled = section.mixed_precision == "bf16" or (section.mixed_precision == "auto" and env.device.type == "cuda")
+    """bf16 autocast with mixed_precision bf16, or auto where bf16 is the faster choice (`prefers_bf16`: CUDA, or a
+    CPU with bf16 units); float32 otherwise."""
+    enabled = section.mixed_precision == "bf16" or (section.mixed_precision == "auto" and prefers_bf16(env.device))
     return torch.autocast(env.device.type, dtype=torch.bfloat16, enabled=enabled)

@@ -3,6 +3,7 @@ source, then wd_tokenizer.train_vqgan (its loop, checkpoints and resume)."""
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -13,6 +14,7 @@ from wd_tokenizer.checkpoints import checkpoint_dirs
 from wd_tokenizer.io import atomic_write_text
 from wd_tokenizer.runlock import hold_run_directory
 
+from wd_cli.devices import prefers_bf16
 from wd_cli.train.config import SourceConfig
 from wd_cli.train.configfile import ConfigError, dump_yaml
 from wd_cli.train.data import open_source
@@ -67,4 +69,7 @@ def train_tokenizer(config: TokenizerRunConfig, run_dir: str | Path, progress: b
     with hold_run_directory(run_dir):  # train_vqgan holds it too; taking it here guards the config file
         atomic_write_text(run_dir / CONFIG_FILE, dump_yaml(config))
         batches = frame_batches(frames, config.batch_size, seed=config.train.seed)
-        return train_vqgan(model, batches, config.train, run_dir, progress=progress)
+        train = config.train
+        if train.mixed_precision == "auto":  # wd_tokenizer's auto means CUDA only; a CPU with bf16 units gains too
+            train = dataclasses.replace(train, mixed_precision="bf16" if prefers_bf16(torch.device("cpu")) else "no")
+        return train_vqgan(model, batches, train, run_dir, progress=progress)

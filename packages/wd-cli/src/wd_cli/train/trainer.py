@@ -102,13 +102,14 @@ def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
             {"params": [p for p in params if id(p) not in decayed], "weight_decay": 0.0}]
 
 
-def lr_factor(section: OptimSection, total_steps: int, step: int) -> float:
-    """Linear warmup over `warmup_steps`, then cosine from 1 to `min_lr_ratio` at `total_steps` (or constant)."""
+def lr_factor(section: OptimSection, total_steps: int, step: int, time_spent: float = 0.0) -> float:
+    """Linear warmup over `warmup_steps`, then cosine from 1 to `min_lr_ratio` at `total_steps` or when
+    `time_spent` (the fraction of a time budget used) reaches 1, whichever comes first (or constant)."""
     if step < section.warmup_steps:
         return (step + 1) / section.warmup_steps
     if section.schedule == "constant":
         return 1.0
-    progress = min(1.0, (step - section.warmup_steps) / max(1, total_steps - section.warmup_steps))
+    progress = min(1.0, max(time_spent, (step - section.warmup_steps) / max(1, total_steps - section.warmup_steps)))
     return section.min_lr_ratio + (1 - section.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
 
 
@@ -162,11 +163,17 @@ class STPTTrainer:
         self.model = parallelize(model, c.parallel, env)
         self.optimizer = torch.optim.AdamW(param_groups(unwrap(self.model), c.optim.weight_decay), lr=c.optim.lr,
                                            betas=c.optim.betas)
+        self.trained_seconds = 0.0  # training time over all calls of this run (restored on resume)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
-            self.optimizer, lambda step: lr_factor(c.optim, c.train.steps, step))
+            self.optimizer, lambda step: lr_factor(c.optim, c.train.steps, step, self.time_spent()))
         self.prepare = BatchPreparer(env.device, self.tokenizer, self.text_encoder)
         self.step = 0
         self.skipped = SkippedSteps(c.train.max_nonfinite_steps, "train.max_nonfinite_steps")
+
+    def time_spent(self) -> float:
+        """The fraction of `train.time_budget_minutes` used so far (0 without a budget)."""
+        budget = self.config.train.time_budget_minutes
+        return 0.0 if budget is None else self.trained_seconds / (60 * budget)
 
     def _resume_candidates(self) -> list[Path]:
         """The checkpoints to try, in order: the named one, or with "auto" every one, newest first."""
@@ -198,6 +205,7 @@ class STPTTrainer:
             state = apply_checkpoint(files, directory, self.model, self.optimizer, self.scheduler, self.ema,
                                      self.env)
             self.step, self.skipped.total = int(state["step"]), int(state.get("skipped_steps", 0))
+            self.trained_seconds = float(state.get("trained_seconds", 0.0))
             self.stream.load_state_dict(state["data"])
             return
         if self.resume_candidates:
@@ -254,7 +262,7 @@ class STPTTrainer:
     def save(self) -> Path:
         return save_checkpoint(self.run_dir, self.step, self.model, self.model_config, self.optimizer, self.scheduler,
                                self.ema, self.stream.state_dict(), self.config.checkpoint.keep, self.env,
-                               self.skipped.total)
+                               self.skipped.total, self.trained_seconds)
 
     def sample_videos(self) -> None:
         fixed = self.prepare(self.sources[0].head(self.config.logging.num_samples))
@@ -285,17 +293,23 @@ class STPTTrainer:
         start = time.monotonic()
         self.model.train()
         with stop_on_signals() as signalled:
-            while self.step < c.train.steps:
+            while self.step < c.train.steps and self.time_spent() < 1:
                 step_start = time.monotonic()
                 logs = self.train_step()
-                logs["tokens_per_second"] = tokens_per_step / (time.monotonic() - step_start)
+                step_seconds = time.monotonic() - step_start
+                self.trained_seconds += step_seconds
+                logs["tokens_per_second"] = tokens_per_step / step_seconds
                 logs["skipped_steps"] = self.skipped.total
                 bar.update(1)
                 bar.set_postfix(loss=f"{logs['loss']:.3f}", acc=f"{logs['accuracy']:.3f}",
                                 tok_s=f"{logs['tokens_per_second']:.0f}", skipped=self.stream.num_skipped,
                                 skipped_steps=self.skipped.total)
                 out_of_time = c.train.max_minutes is not None and time.monotonic() - start > 60 * c.train.max_minutes
-                stop = any_rank(signalled[0] or out_of_time, env)
+                budget_spent = self.time_spent() >= 1
+                stop = any_rank(signalled[0] or out_of_time or budget_spent, env)
+                if stop and budget_spent and env.is_main and not bar.disable:
+                    tqdm.write(f"stpt: time budget of {c.train.time_budget_minutes:g} min spent, stopping at step "
+                               f"{self.step} of {c.train.steps}")
                 last = stop or self.step == c.train.steps
                 if self.step % c.logging.every == 0 or last:
                     logs = self._mean_over_ranks(logs)

@@ -22,7 +22,9 @@ from wd_data.synthetic.shapes import (
     ShapesConfig,
     ShapesDataset,
     ShapesWorld,
+    colour_mask,
     detect_shapes,
+    palette_labels,
 )
 
 __all__ = [
@@ -39,9 +41,11 @@ __all__ = [
     "ShapesConfig",
     "ShapesDataset",
     "ShapesWorld",
+    "colour_mask",
     "detect_shapes",
     "estimate_forward_motion",
     "estimate_road_heading",
     "estimate_yaw_change",
     "eval_seeds",
+    "palette_labels",
 ]

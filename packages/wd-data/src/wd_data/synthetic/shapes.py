@@ -147,6 +147,23 @@ class ShapesWorld:
         return Clip(frames=frames, caption=", ".join(clauses), state=state, actions=None, seed=int(seed))
 
 
+def palette_labels(frame: np.ndarray, tolerance: float = 80.0) -> np.ndarray:
+    """int (H, W) label of each pixel of a uint8 (H, W, 3) frame: the index of the nearest PALETTE colour,
+    len(PALETTE) for the background, -1 where the nearest is further than `tolerance` (RGB distance)."""
+    if frame.ndim != 3 or frame.shape[2] != 3:
+        raise ValueError(f"frame must be (H, W, 3), got shape {frame.shape}")
+    references = np.array([*PALETTE.values(), BACKGROUND], dtype=np.float32)
+    distances = np.linalg.norm(frame[:, :, None, :].astype(np.float32) - references, axis=-1)
+    return np.where(np.min(distances, axis=-1) <= tolerance, np.argmin(distances, axis=-1), -1)
+
+
+def colour_mask(frame: np.ndarray, colour: str, tolerance: float = 80.0) -> np.ndarray:
+    """bool (H, W): the pixels of a uint8 (H, W, 3) frame that `palette_labels` gives to PALETTE colour `colour`."""
+    if colour not in PALETTE:
+        raise ValueError(f"unknown colour {colour!r}; the palette has {list(PALETTE)}")
+    return palette_labels(frame, tolerance) == list(PALETTE).index(colour)
+
+
 def detect_shapes(frame: np.ndarray, tolerance: float = 80.0, min_pixels: int = 4) -> list[Detection]:
     """Find each palette colour in a uint8 (H, W, 3) frame: a pixel counts for the palette colour (or the
     background) nearest to it, if within `tolerance` (RGB distance); colours with < min_pixels are absent.
@@ -155,15 +172,10 @@ def detect_shapes(frame: np.ndarray, tolerance: float = 80.0, min_pixels: int = 
     gets the centroid and kind of its visible part; stray pixels of its colour elsewhere move the
     centroid and spoil the kind, which is read from how much of its bounding box the colour fills.
     """
-    if frame.ndim != 3 or frame.shape[2] != 3:
-        raise ValueError(f"frame must be (H, W, 3), got shape {frame.shape}")
-    references = np.array([*PALETTE.values(), BACKGROUND], dtype=np.float32)
-    distances = np.linalg.norm(frame[:, :, None, :].astype(np.float32) - references, axis=-1)
-    nearest = np.argmin(distances, axis=-1)
-    close = np.min(distances, axis=-1) <= tolerance
+    labels = palette_labels(frame, tolerance)
     detections = []
     for index, colour in enumerate(PALETTE):
-        rows, cols = np.nonzero((nearest == index) & close)
+        rows, cols = np.nonzero(labels == index)
         if rows.size < min_pixels:
             continue
         box = (rows.max() - rows.min() + 1) * (cols.max() - cols.min() + 1)
