@@ -8,10 +8,13 @@ wd command starts (wd_cli.main imported before torch), with the policy's environ
 
 - "torch defaults": what a process got before the policy: OpenMP's default wait (spin, then sleep) and one
   thread per core;
+- "passive wait": OMP_WAIT_POLICY=PASSIVE (waiting threads sleep at once);
+- "short spin": OpenMP's default with GOMP_SPINCOUNT 10000 (spin briefly, then sleep);
 - "wd policy": whatever `wd_cli.threads.configure_threads` chooses;
 - "one thread each": that, with one OpenMP thread per process (each process keeps a core to itself).
 
-The training workload is a quickstart-sized STPT step (width 128, depth 4, batch 8 x 8 frames x 8 x 8 tokens);
+The training workload is a quickstart-sized STPT step (width 128, depth 4, batch 8 x 8 frames x 8 x 8 tokens, bf16
+autocast where `auto` picks it);
 the generation workload a guided 8-frame text-to-video on a pipeline of that size; the busy neighbour is the
 same training loop, running until it is stopped.
 
@@ -32,8 +35,10 @@ from pathlib import Path
 SETUP = """
 import wd_cli.main  # the wd command's thread policy is applied on this import, before torch loads
 import time, json, sys, torch
+from wd_cli.devices import prefers_bf16
 from wd_stpt import STPT, STPTCondition, get_config
-config = get_config("tiny", width=128, depth=4, num_heads=4, action_dim=2, codebook_size=1000, text_dim=64)
+config = get_config("tiny", width=128, depth=4, num_heads=4, action_dim=2, codebook_size=1000, text_dim=64,
+                    patch_stride=2)
 """
 
 TRAIN = SETUP + """
@@ -42,8 +47,11 @@ optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
 tokens = torch.randint(0, 1000, (8, 8, 8, 8))
 cond = STPTCondition(text=torch.randn(8, 12, 64), text_mask=torch.ones(8, 12, dtype=torch.bool))
 
+bf16 = prefers_bf16(torch.device("cpu"))  # what wd train's mixed_precision "auto" picks
+
 def step():
-    logits = model(tokens, cond)
+    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+        logits = model(tokens, cond)
     loss = torch.nn.functional.cross_entropy(logits.reshape(-1, 1000), tokens.reshape(-1))
     loss.backward(); optimizer.step(); optimizer.zero_grad()
 
@@ -58,8 +66,9 @@ GENERATE = SETUP + """
 from wd_cli.pipeline import PipelineDefaults, WorldDreamerPipeline
 from wd_cli.text_encoders import HashTextEncoder
 from wd_tokenizer import VQGAN, get_config as tokenizer_config
-pipeline = WorldDreamerPipeline(VQGAN(tokenizer_config("f4-small")), STPT(config), HashTextEncoder(dim=64),
+pipeline = WorldDreamerPipeline(VQGAN(tokenizer_config("f4-patch")), STPT(config), HashTextEncoder(dim=64),
                                 PipelineDefaults(num_frames=8, height=32, width=32, context_frames=2))
+pipeline.to("cpu", "auto")  # as wd generate: bf16 where the CPU is measured faster in it
 pipeline.text_to_video("a red circle moves up", steps=10)
 repeats, times = int(sys.argv[1]), []
 for seed in range(repeats):
@@ -72,6 +81,8 @@ print(json.dumps({"seconds": sorted(times)[len(times) // 2], "threads": torch.ge
 # OMP_WAIT_POLICY set to "" keeps the wd policy from choosing one, so OpenMP falls back to its own default.
 POLICIES = {
     "torch defaults": {"OMP_WAIT_POLICY": ""},
+    "passive wait": {"OMP_WAIT_POLICY": "PASSIVE"},
+    "short spin (GOMP_SPINCOUNT 10000)": {"OMP_WAIT_POLICY": "", "GOMP_SPINCOUNT": "10000"},
     "wd policy": {},
     "wd policy, one thread each": {"OMP_NUM_THREADS": "1"},
 }
@@ -108,7 +119,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="Seconds, not minutes: check the script runs.")
     args = parser.parse_args()
-    train_seconds, repeats = ("3", "3") if args.quick else ("40", "15")
+    train_seconds, repeats = ("3", "3") if args.quick else ("30", "10")
     rows = []
     for name, overrides in POLICIES.items():
         environment = {**os.environ, **overrides}

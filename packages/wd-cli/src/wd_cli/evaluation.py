@@ -320,7 +320,7 @@ def recoloured(caption: str, colour: str) -> str:
 
 def _stylized_frames(frames: np.ndarray, state: dict, source: str, target: str) -> np.ndarray:
     """bool (N,): frames where the first shape shows in `target` near its true centre (within its size) and
-    `target` outweighs the `source` colour left of it."""
+    `target` outweighs what remains of the `source` colour."""
     hits = []
     for frame, centre in zip(frames, state["positions"][:, 0], strict=True):
         labels = palette_labels(frame)

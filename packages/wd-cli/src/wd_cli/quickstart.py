@@ -121,10 +121,10 @@ CACHE_SECONDS, FINAL_SECONDS = 45.0, 150.0
 # background one code (the conv encoder: 27 codes, flipping as a shape moves nearby, noise the STPT had to learn).
 TOKENIZER = "f4-patch"
 TOKENIZER_TRAINING = dict(lr=5e-4, betas=(0.9, 0.99), weight_decay=0.0, batch_size=8, max_steps=4000)
-# patch_stride 1: one attention window holds the whole 8 x 8-token clip. The paper's quarter-frame windows (stride 2)
-# split every shape of these small frames between windows; at equal training time stride 1 kept shapes better
-# (docs/benchmarks.md, quickstart section).
-STPT_MODEL = dict(width=128, depth=4, num_heads=4, action_dim=2, patch_stride=1)
+# patch_stride 2: the paper's windows (a quarter of each frame). One window per clip (stride 1) kept shapes better
+# at equal steps but costs 1.4x per step, and within the quickstart's minutes it lost on PSNR (docs/benchmarks.md,
+# quickstart section).
+STPT_MODEL = dict(width=128, depth=4, num_heads=4, action_dim=2, patch_stride=2)
 STPT_TRAINING = dict(lr=2e-3, warmup_steps=100, batch_size=8, max_steps=20_000)
 # Micro-batches per cache: image-to-video's motion needs more steps than action-to-video's turns (1:1 lost
 # to copying the first frame in two of three runs, 2:1 left the turns unlearnt in one of three).
