@@ -137,6 +137,30 @@ def test_guided_draws_follow_the_softmax_of_equation_6(table_model, temperature,
     assert torch.allclose(frequencies, expected, atol=0.02)
 
 
+@pytest.mark.parametrize("plausibility", [None, 0.05, 0.5])
+def test_plausibility_drops_tokens_the_prompt_finds_unlikely_after_guidance(table_model, plausibility):
+    # Under the prompt: 0.80 / 0.01 / 0.19; without it: 0.99 / 0.0001 / ~0.01. Guidance 2 favours the rare token 1.
+    conditional = torch.tensor([0.80, 0.01, 0.19]).log().expand(1, 1, 100, 100, 3)
+    unconditional = torch.tensor([0.99, 0.0001, 0.0099]).log().expand(1, 1, 100, 100, 3)
+    model = table_model(conditional, unconditional)
+    tokens, known = _problem(3, (1, 1, 100, 100), 3, 0.0)
+    config = SamplerConfig(steps=1, guidance_scale=2.0, plausibility=plausibility)
+    result = sample(model, tokens, known, mask_id=3, cond=torch.ones(1), uncond=torch.zeros(1), config=config,
+                    generator=torch.Generator().manual_seed(0))
+    guided = 3 * conditional[0, 0, 0, 0] - 2 * unconditional[0, 0, 0, 0]
+    kept = conditional[0, 0, 0, 0].softmax(-1) >= (plausibility or 0) * 0.80
+    expected = guided.masked_fill(~kept, float("-inf")).softmax(-1)
+    frequencies = torch.bincount(result.tokens.flatten(), minlength=3) / result.tokens.numel()
+    assert torch.allclose(frequencies, expected, atol=0.02)
+    assert (expected.argmax() == 1) == (plausibility is None)  # plain guidance picks the rare token most often
+
+
+def test_plausibility_out_of_range_is_refused():
+    for bad in (0.0, -0.1, 1.5, float("nan")):
+        with pytest.raises(ValueError, match="plausibility"):
+            SamplerConfig(plausibility=bad)
+
+
 @FAST
 @given(
     seed=st.integers(0, 10_000),

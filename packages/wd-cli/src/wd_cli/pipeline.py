@@ -45,6 +45,7 @@ class PipelineDefaults:
     temperature: float = 1.0
     choice_temperature: float = 4.5
     top_k: int | None = None
+    plausibility: float | None = None  # guided decoding: drop tokens below this fraction of the prompt's likeliest
     num_frames: int = 16  # frames of one window (the model's N)
     height: int = 256  # pixels of a frame
     width: int = 256
@@ -65,7 +66,7 @@ class PipelineDefaults:
     def sampler_config(self, **overrides: Any) -> wd_masking.SamplerConfig:
         """The sampler settings, with `overrides` (None values ignored) replacing the defaults."""
         fields = {name: getattr(self, name) for name in ("steps", "guidance_scale", "temperature",
-                                                          "choice_temperature", "top_k")}
+                                                          "choice_temperature", "top_k", "plausibility")}
         fields.update({name: value for name, value in overrides.items() if value is not None})
         return wd_masking.SamplerConfig(**fields)
 
@@ -87,6 +88,7 @@ class SamplingOptions(TypedDict, total=False):
     temperature: float
     choice_temperature: float
     top_k: int | None
+    plausibility: float | None
     seed: int  # one torch.Generator on the device per call; default 0
     callback: StepCallback  # callback(step, tokens) after every decoding step of every window
 

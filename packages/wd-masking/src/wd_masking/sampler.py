@@ -38,6 +38,11 @@ class SamplerConfig:
     choice_temperature: float = 4.5  # Gumbel noise on confidences, scaled by 1 - (t + 1) / T
     top_k: int | None = None
     top_p: float | None = None
+    # Guided decoding only: tokens whose conditional probability is below this fraction of the row's most likely
+    # token's are dropped after guidance. Guidance amplifies the conditional/unconditional ratio of every token, rare
+    # ones included: a token at 1% under the prompt and 0.01% without it outranks one at 90% against 99%. The
+    # plausibility constraint of contrastive decoding (Li et al., 2023); None = the paper's plain guidance.
+    plausibility: float | None = None
 
     def __post_init__(self) -> None:
         get_schedule(self.schedule)
@@ -53,6 +58,8 @@ class SamplerConfig:
             raise ValueError(f"top_k must be >= 1 or None, got {self.top_k}")
         if self.top_p is not None and not (math.isfinite(self.top_p) and 0 < self.top_p <= 1):
             raise ValueError(f"top_p must be in (0, 1] or None, got {self.top_p}")
+        if self.plausibility is not None and not (math.isfinite(self.plausibility) and 0 < self.plausibility <= 1):
+            raise ValueError(f"plausibility must be in (0, 1] or None, got {self.plausibility}")
 
 
 class SampleResult(NamedTuple):
@@ -170,15 +177,22 @@ def _guide_(conditional: Tensor, unconditional: Tensor, guidance_scale: float) -
     return conditional.lerp_(unconditional, -guidance_scale)
 
 
-def _unknown_logits(logits: Tensor, rows: Tensor, scratch: Tensor, guidance_scale: float) -> Tensor:
-    """(M, K) float32 logits of the unknown rows (guided when scale > 0), gathered into scratch[0]."""
+def _unknown_logits(
+    logits: Tensor, rows: Tensor, scratch: Tensor, guidance_scale: float, plausibility: float | None = None
+) -> Tensor:
+    """(M, K) float32 logits of the unknown rows (guided when scale > 0), gathered into scratch[0]; with
+    `plausibility`, guided logits of tokens the conditional branch finds implausible are -inf."""
     flat = logits.float().reshape(-1, logits.shape[-1])
     selected = torch.index_select(flat, 0, rows, out=scratch[0, : rows.numel()])
     if guidance_scale == 0:
         return selected
+    implausible = None
+    if plausibility is not None:
+        implausible = selected < selected.amax(dim=-1, keepdim=True) + math.log(plausibility)
     unconditional_rows = rows + flat.shape[0] // 2
     unconditional = torch.index_select(flat, 0, unconditional_rows, out=scratch[1, : rows.numel()])
-    return _guide_(selected, unconditional, guidance_scale)
+    guided = _guide_(selected, unconditional, guidance_scale)
+    return guided if implausible is None else guided.masked_fill_(implausible, float("-inf"))
 
 
 def _decode_step(
@@ -194,7 +208,7 @@ def _decode_step(
     mask_id = logits.shape[-1]
     unknown = current.flatten() == mask_id
     rows = unknown.nonzero().squeeze(1)
-    selected = _unknown_logits(logits, rows, scratch, config.guidance_scale)
+    selected = _unknown_logits(logits, rows, scratch, config.guidance_scale, config.plausibility)
     drawn, confidence_drawn = _draw_(selected, scratch[1, : rows.numel()], config, generator)
     # Gumbel noise fading with the schedule's progress, as in MaskGIT's code: early steps
     # explore, late ones keep the likeliest, and the last step (which keeps all) gets none.
