@@ -131,11 +131,10 @@ STPT_TRAINING = dict(lr=2e-3, warmup_steps=100, batch_size=8, max_steps=20_000)
 SOURCE_WEIGHTS = {"shapes": 1.5, "drive": 1.0}
 # Stylization redraws 75% of the tokens: at 50% the kept half anchored the old colour (0.41 of frames recoloured on
 # validation clips, 0.73 at 75%; guidance 5 instead of 2 fell to 0.24-0.29).
-# Plausibility 0.05: guidance alone let tokens rare under the prompt win (a shapes clip grew the drive world's sky);
-# on validation clips of two quickstart pipelines image2video rose from 12.3 to 14.7 dB, 8.9 to 7.0 px and shape IoU
-# 0.36 to 0.53 with text2video's colour kept (0.96); 0.1 gained 0.6 dB more but lost colour (0.85), 0.3 lost shapes.
-SAMPLING = dict(steps=10, guidance_scale=2.0, temperature=0.7, choice_temperature=2.0, stylize_mask_ratio=0.75,
-                plausibility=0.05)
+# Plain guidance (no `plausibility`): on the held-out clips of three quickstart pipelines, plausibility 0.05 raised
+# image2video's PSNR by 1.7-2.6 dB and its shape IoU, but pulled tokens towards the background, so shapes went
+# missing: position error and text2video colour + shape got worse on two of three (docs/benchmarks.md).
+SAMPLING = dict(steps=10, guidance_scale=2.0, temperature=0.7, choice_temperature=2.0, stylize_mask_ratio=0.75)
 CONTEXT_FRAMES = 2  # rollout windows continue from the last 2 frames
 # Held-out clips of the tasks past the paper's five, fewer than `eval_clips` (at most that many): each clip costs
 # one or two windows, a long rollout's eight (two drives of four windows), and the quickstart must stay near its
