@@ -90,9 +90,10 @@ def main() -> None:
                  "quickstart tokenizer": (tokenizer_step("f4-patch", 2, 16), 2, "frames")}
     else:
         cases = {
-            "quickstart STPT (w128, d4, one window, batch 8 x 8 x 8 x 8)": (stpt_step(128, 4, 4, 1, 8, 8, 8),
-                                                                             8 * 8 * 8 * 8, "tokens"),
-            "quickstart STPT, patch stride 2 (before)": (stpt_step(128, 4, 4, 2, 8, 8, 8), 8 * 8 * 8 * 8, "tokens"),
+            "quickstart STPT (w128, d4, patch stride 2, batch 8 x 8 x 8 x 8)": (stpt_step(128, 4, 4, 2, 8, 8, 8),
+                                                                                 8 * 8 * 8 * 8, "tokens"),
+            "the same, one window per clip (patch stride 1)": (stpt_step(128, 4, 4, 1, 8, 8, 8), 8 * 8 * 8 * 8,
+                                                               "tokens"),
             "base (w512, d8, batch 2 x 8 x 16 x 16)": (stpt_step(512, 8, 8, 2, 2, 8, 16), 2 * 8 * 16 * 16, "tokens"),
             "quickstart tokenizer (f4-patch, 8 frames 32 x 32)": (tokenizer_step("f4-patch", 8, 32), 8, "frames"),
             "f4-small tokenizer (before)": (tokenizer_step("f4-small", 8, 32), 8, "frames"),

@@ -182,7 +182,7 @@ existing_file = click.Path(exists=True, dir_okay=False, path_type=Path)
               help="Also save the tokens int64 (N, h, w) as .npy.")
 @click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda, cuda:1, ...")
 @click.option("--dtype", type=click.Choice(["auto", "fp32", "bf16", "fp16"]), default="auto", show_default=True,
-              help="STPT precision (auto: bf16 on CUDA, else fp32).")
+              help="STPT precision (auto: bf16 where measured faster: CUDA, CPUs with bf16 units; else fp32).")
 @click.option("--memory-limit", type=FiniteFloatRange(min=0, min_open=True), metavar="GIB",
               help="Memory a request may use (default: what is available; env WD_MEMORY_LIMIT_GB).")
 @click.option("--no-progress", is_flag=True, help="Hide the progress bar.")

@@ -72,7 +72,8 @@ def _server_module() -> ModuleType:
               show_default=True, help="Frames read from an uploaded video.")
 @click.option("--device", default=PlayConfig.device, show_default=True, help="auto, cpu, cuda, cuda:1, ...")
 @click.option("--dtype", type=click.Choice(["auto", "fp32", "bf16", "fp16"]), default=PlayConfig.dtype,
-              show_default=True, help="STPT precision (auto: bf16 on CUDA, else fp32).")
+              show_default=True,
+              help="STPT precision (auto: bf16 where measured faster: CUDA, CPUs with bf16 units; else fp32).")
 def play(**values: object) -> None:
     """Drive the world model live in a web page, and run its tasks from forms.
 
