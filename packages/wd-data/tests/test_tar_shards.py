@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import gc
+import warnings
+
 import pytest
 import torch
 from hypothesis import HealthCheck, given, settings
@@ -41,6 +44,18 @@ def test_shards_group_images_and_skip_corrupt_ones(shards):
         assert sample["frames"].shape == (3, 8, 12, 3) and sample["is_image"] is True
         for level, caption in zip(levels(sample["frames"]), sample["meta"]["captions"], strict=True):
             assert caption in (f"caption {level}", f"json {level}")
+
+
+def test_reading_shards_leaves_no_file_open(shards):
+    """Whole passes and readers dropped after one record close their shard files (webdataset's opener does not)."""
+    dataset = TarShardDataset(TarShardConfig(shards, num_frames=1, size=(8, 12)))
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", ResourceWarning)
+        list(dataset)
+        for shard in range(2):
+            next(iter(dataset.records(shard)))  # dropped at once
+        gc.collect()
+    assert [str(warning.message) for warning in caught if warning.category is ResourceWarning] == []
 
 
 def test_shards_split_across_dataloader_workers(shards):

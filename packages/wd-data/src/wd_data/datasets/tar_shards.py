@@ -19,6 +19,7 @@ import numpy as np
 import torch
 import torch.distributed as dist
 import webdataset as wds
+from webdataset.tariterators import group_by_keys, tar_file_expander
 from torch.utils.data import IterableDataset, get_worker_info
 
 from wd_data.datasets.base import SkipCounter, check_counts, sample_generator
@@ -123,11 +124,27 @@ class TarShardDataset(SkipCounter, IterableDataset):
         or the tar itself could not be read (a truncated tar ends with one)."""
         url = self.shards[shard]
         errors: list[Exception] = []
-        for record in wds.tarfile_samples([{"url": url}], handler=lambda error: errors.append(error) or True):
-            yield from (BadSampleError(f"unreadable tar ({error})") for error in errors)
-            errors.clear()
-            yield record
-        yield from (BadSampleError(f"unreadable tar ({' '.join(str(error).split())})") for error in errors)
+
+        def keep(error: Exception) -> bool:
+            errors.append(error)
+            return True  # go on reading
+
+        try:
+            stream = wds.gopen(url)
+        except Exception as error:  # any failure to open is the shard's, reported as one bad record
+            yield BadSampleError(f"unreadable tar ({' '.join(str(error).split())})")
+            return
+        # webdataset's own opener never closes the file, so every shard read left it to the garbage collector (a
+        # ResourceWarning wherever that ran); here it closes when the records end or the reader drops them.
+        try:
+            for record in group_by_keys(tar_file_expander([{"url": url, "stream": stream}], handler=keep),
+                                        handler=keep):
+                yield from (BadSampleError(f"unreadable tar ({error})") for error in errors)
+                errors.clear()
+                yield record
+            yield from (BadSampleError(f"unreadable tar ({' '.join(str(error).split())})") for error in errors)
+        finally:
+            stream.close()
         if not errors and not _ends_like_a_tar(url):
             yield BadSampleError("truncated tar: no end-of-archive blocks; records after the last read are lost")
 
