@@ -80,6 +80,11 @@ def record_caption(record: dict[str, Any]) -> str:
     raise BadSampleError("no caption (.txt or .json member)")
 
 
+def _unreadable(error: Exception) -> BadSampleError:
+    """The error that ends a shard: the reader's message on one line."""
+    return BadSampleError(f"unreadable tar ({' '.join(str(error).split())})")
+
+
 def _ends_like_a_tar(url: str) -> bool:
     """Whether a local file ends with the two zero blocks every tar writer appends (tarfile reads a truncated
     archive as a shorter one without a word); True for anything not on the local disk (e.g. `pipe:` commands)."""
@@ -132,7 +137,7 @@ class TarShardDataset(SkipCounter, IterableDataset):
         try:
             stream = wds.gopen(url)
         except Exception as error:  # any failure to open is the shard's, reported as one bad record
-            yield BadSampleError(f"unreadable tar ({' '.join(str(error).split())})")
+            yield _unreadable(error)
             return
         # webdataset's own opener never closes the file, so every shard read left it to the garbage collector (a
         # ResourceWarning wherever that ran); here it closes when the records end or the reader drops them.
@@ -142,7 +147,7 @@ class TarShardDataset(SkipCounter, IterableDataset):
                 yield from (BadSampleError(f"unreadable tar ({error})") for error in errors)
                 errors.clear()
                 yield record
-            yield from (BadSampleError(f"unreadable tar ({' '.join(str(error).split())})") for error in errors)
+            yield from (_unreadable(error) for error in errors)
         finally:
             stream.close()
         if not errors and not _ends_like_a_tar(url):
