@@ -20,6 +20,7 @@ ROUNDS = 3
 CASES = {
     "guided (beta 3)": SamplerConfig(steps=STEPS, guidance_scale=3.0),
     "unguided": SamplerConfig(steps=STEPS),
+    "guided, plausibility 0.05": SamplerConfig(steps=STEPS, guidance_scale=3.0, plausibility=0.05),
 }
 # Measured once: the filter dominates its step and varies little.
 FILTERED = ("guided, temperature 0.8, top-k 100",
