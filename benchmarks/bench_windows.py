@@ -1,14 +1,16 @@
 """Seams of long videos: frame-to-frame change at window boundaries against inside windows, and against the truth.
 
-Shapes clips `--windows` times the pipeline's window long are inpainted (the centre box) and stylized (half the
-tokens), once with overlapping windows (wd_cli.windowing: each continues from final frames) and once in
-independent chunks of one window (what inpainting and stylization did before), from the same task masks and
-seeds; image-to-video rollouts of the same length are measured too. For each pair of consecutive frames the
-change is the mean absolute pixel difference over the region the task regenerates (the whole frame for stylize
-and rollouts). A pair is a boundary when its two frames come from different windows. Each change is divided by
-the same pair's change in the tokenizer's round trip of the true clip (so motion does not count), and the seam
-score is boundary ratio / inside ratio: 1 when boundaries change as much as the video inside a window; the
-target is <= 1.2.
+Shapes clips `--windows` times the pipeline's window long are inpainted (the centre box), stylized (half the
+tokens) and rolled out from their first frame (image-to-video), from the same task masks and seeds, three ways:
+co-decoded spans (wd_cli.windowing's spans of half-overlapping windows decoded together: what the pipeline does
+for edits), sequential windows (each window continues from the final frames of the one before: what the pipeline
+does for rollouts, and did for everything in the previous round), and independent chunks of one window (what
+inpainting and stylization did before that). For each pair of
+consecutive frames the change is the mean absolute pixel difference over the region the task regenerates (the
+whole frame for stylize and rollouts). A pair is a boundary when a network window or a span starts or ends
+between its two frames. Each change is divided by the same pair's change in the tokenizer's round trip of the
+true clip (so motion does not count), and the seam score is boundary ratio / inside ratio: 1 when boundaries
+change as much as the video inside a window; the target is <= 1.2.
 
 Run: uv run python benchmarks/bench_windows.py --pipeline wd-quickstart/pipeline (a quickstart's pipeline), or
 --train-minutes M --out DIR to train the quickstart's pipeline into DIR/pipeline first (reused when it exists).
@@ -29,7 +31,7 @@ from wd_data.synthetic import ShapesWorld, eval_seeds
 from wd_cli.evaluation import synthetic_worlds
 from wd_cli.pipeline import WorldDreamerPipeline
 from wd_cli.quickstart import QuickstartConfig, build_pipeline
-from wd_cli.windowing import LongVideo, WindowSampler, plan_windows
+from wd_cli.windowing import SPAN_WINDOWS, LongVideo, WindowSampler, plan_windows, window_starts
 
 Task = Callable[[WorldDreamerPipeline, torch.Tensor, int], tuple[torch.Tensor, torch.Tensor, np.ndarray]]
 
@@ -59,8 +61,19 @@ def rollout(pipe: WorldDreamerPipeline, tokens: torch.Tensor, seed: int):
 TASKS: dict[str, Task] = {"inpaint": inpaint_centre, "stylize": stylize_half, "image2video": rollout}
 
 
-def overlapping(sample: WindowSampler, tokens, known, window: int, context: int) -> tuple[torch.Tensor, list[int]]:
-    """wd_cli.windowing's windows -> (tokens, the first frame of every window after the first)."""
+def co_decoded(sample: WindowSampler, tokens, known, window: int, context: int) -> tuple[torch.Tensor, list[int]]:
+    """The pipeline's spans -> (tokens, every frame where a network window or a span starts or ends inside)."""
+    span = SPAN_WINDOWS * window
+    spans = plan_windows(known.flatten(1).all(1).tolist(), window, context, span)
+    edges = {part.new for part in spans[1:]}
+    for part in spans:
+        starts = [part.start + start for start in window_starts(part.end - part.start, window)]
+        edges |= {start for start in starts[1:] if start > part.new} | {start + window for start in starts[:-1]}
+    return LongVideo(tokens.clone(), known).run(sample, window, context, span), sorted(edges)
+
+
+def sequential(sample: WindowSampler, tokens, known, window: int, context: int) -> tuple[torch.Tensor, list[int]]:
+    """One window at a time, each from the final frames before it -> (tokens, the first frame of every later one)."""
     spans = plan_windows(known.flatten(1).all(1).tolist(), window, context)
     return LongVideo(tokens.clone(), known).run(sample, window, context), [span.new for span in spans[1:]]
 
@@ -74,7 +87,7 @@ def chunks(sample: WindowSampler, tokens, known, window: int, context: int) -> t
     return out, list(range(window, len(tokens), window))
 
 
-WINDOWINGS = {"overlapping windows": overlapping, "independent chunks": chunks}
+WINDOWINGS = {"co-decoded spans": co_decoded, "sequential windows": sequential, "independent chunks": chunks}
 
 
 def changes(frames: np.ndarray, region: np.ndarray) -> np.ndarray:
@@ -104,6 +117,8 @@ def main() -> None:
     parser.add_argument("--clips", type=int, default=16, help="held-out shapes clips")
     parser.add_argument("--windows", type=int, default=3, help="clip length in windows of the pipeline")
     parser.add_argument("--steps", type=int, help="decoding steps (default: the pipeline's)")
+    parser.add_argument("--context", type=int, help="context frames per window (default: the pipeline's)")
+    parser.add_argument("--tasks", nargs="+", choices=list(TASKS), default=list(TASKS), help="tasks to measure")
     parser.add_argument("--quick", action="store_true", help="2 clips, 2 steps: check that the script runs")
     args = parser.parse_args()
     if args.quick:
@@ -116,14 +131,16 @@ def main() -> None:
     else:
         pipe = WorldDreamerPipeline.from_pretrained(args.pipeline, device="cpu")
     d = pipe.defaults
+    context = d.context_frames if args.context is None else args.context
     total = args.windows * d.num_frames
     world = ShapesWorld(synthetic_worlds(d.height, d.width, total)[0])
-    print(f"pipeline {args.pipeline}: window {d.num_frames} frames, context {d.context_frames}, {d.height}x{d.width}; "
+    print(f"pipeline {args.pipeline}: window {d.num_frames} frames, context {context}, {d.height}x{d.width}; "
           f"{args.clips} clips of {total} frames")
     header = ("task", "windowing", "boundary change", "true", "inside change", "true", "boundary ratio",
               "inside ratio", "seam (target <= 1.2)")
     print("| " + " | ".join(header) + " |\n|" + "---|" * len(header))
-    for task, start in TASKS.items():
+    for task in args.tasks:
+        start = TASKS[task]
         for windowing, run in WINDOWINGS.items():
             if task == "image2video" and windowing == "independent chunks":
                 continue  # a rollout never had independent chunks: the second chunk would have no first frame
@@ -133,9 +150,9 @@ def main() -> None:
                 tokens = pipe.encode(clip.frames)
                 masked, known, region = start(pipe, tokens, seed)
                 sample = pipe.window_sampler(clip.caption, seed=index, steps=args.steps)
-                out, firsts = run(sample, masked, known, d.num_frames, d.context_frames)
+                out, edges = run(sample, masked, known, d.num_frames, context)
                 boundary = np.zeros(total - 1, dtype=bool)
-                boundary[np.array(firsts, dtype=int) - 1] = True  # pair (first - 1, first)
+                boundary[np.array(edges, dtype=int) - 1] = True  # pair (edge - 1, edge)
                 generated.append(changes(pipe.decode(out), region))
                 truth.append(changes(pipe.decode(tokens), region))
                 boundaries.append(boundary)

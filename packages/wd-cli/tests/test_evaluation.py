@@ -204,10 +204,10 @@ class LongRolloutPipeline(OracleOrCopy):
     defaults = PipelineDefaults(num_frames=6, context_frames=2, height=32, width=32)
 
 
-def test_long_rollouts_are_scored_per_window_and_the_oracle_follows_every_turn() -> None:
+def test_long_rollouts_are_scored_per_segment_and_the_oracle_follows_every_turn() -> None:
     rows = long_rollout_metrics(LongRolloutPipeline(copy=False), CONFIG, progress=False)
-    # 18 frames in windows of 6 from 2: new frames 1-5, 6-9, 10-13, 14-17.
-    assert [row.name.split("window ")[-1] for row in rows] == [f"{k} of 4 (rate)" for k in (1, 2, 3, 4)]
+    # 18 frames in windows of 6 from 2: segments of new frames 1-5, 6-9, 10-13, 14-17.
+    assert [row.name.split("segment ")[-1] for row in rows] == [f"{k} of 4 (rate)" for k in (1, 2, 3, 4)]
     assert all(row.value == row.on_truth > row.baseline for row in rows)
     assert all(row.value == 0.0 for row in long_rollout_metrics(LongRolloutPipeline(copy=True), CONFIG, False))
 

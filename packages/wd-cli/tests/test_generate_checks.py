@@ -15,6 +15,7 @@ import torch
 from click.testing import CliRunner
 
 from wd_cli.limits import MemoryLimitError, generation_memory
+from wd_cli.windowing import SPAN_WINDOWS
 from wd_cli.main import cli
 from wd_cli.pipeline import WorldDreamerPipeline
 
@@ -45,6 +46,7 @@ def text2video(checkpoint: Path, out: Path, *extra: str | Path) -> tuple[int, li
     (["--guidance", "1e30"], "--guidance: guidance_scale must be a finite number in [0, 10000], got 1e+30"),
     (["--temperature", "nan"], "Invalid value for '--temperature': 'nan' is not a finite number"),
     (["--temperature", "1e-30"], "--temperature: temperature must be 0 (argmax) or >= 0.0001"),
+    (["--plausibility", "0"], "Invalid value for '--plausibility': 0.0 is not in the range 0<x<=1"),
     (["--steps", "100000"], "--steps: steps must be in [1, 10000], got 100000"),
     (["--fps", "1e-6"], "fps must be finite and in [0.01, 50] for a .gif file, got 1e-06"),
     (["--fps", "nan"], "Invalid value for '--fps': 'nan' is not a finite number"),
@@ -105,6 +107,11 @@ def test_the_estimate_grows_with_what_costs_memory(tiny_pipeline):
     assert generation_memory(tiny_pipeline, 400).host > 50 * base.host  # output frames and tokens
     assert generation_memory(tiny_pipeline, 4, guided=False).device < base.device  # one branch, not two
     assert generation_memory(tiny_pipeline, 4, input_frames=(100, 1080, 1920)).host > 1080 * 1920 * 3 * 100
+    # Co-decoding keeps log-probabilities for a whole span: device memory grows up to one span, then stays flat.
+    window = tiny_pipeline.defaults.num_frames
+    one, span = generation_memory(tiny_pipeline, window), generation_memory(tiny_pipeline, SPAN_WINDOWS * window)
+    assert span.device > 2 * one.device
+    assert generation_memory(tiny_pipeline, 10 * SPAN_WINDOWS * window).device == span.device
 
 
 def test_pipeline_defaults_too_large_for_the_memory_are_refused_at_load(tiny_pipeline, tmp_path):

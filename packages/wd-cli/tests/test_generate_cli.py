@@ -99,6 +99,18 @@ def test_cli_tokens_equal_the_python_api(inputs: dict[str, Path], tiny_pipeline_
     assert np.array_equal(np.load(tmp_path / "a.npy"), expected.tokens)
 
 
+def test_cli_plausibility_equals_the_python_api(inputs: dict[str, Path], tiny_pipeline_dir: Path,
+                                               tmp_path: Path) -> None:
+    code, output = _run("--task", "text2video", "--prompt", "a red circle", "--seed", "2", "--plausibility", "0.9",
+                        "--checkpoint", tiny_pipeline_dir, "--out", tmp_path / "p.mp4", "--tokens-out",
+                        tmp_path / "p.npy", "--device", "cpu")
+    assert code == 0, output
+    pipeline = WorldDreamerPipeline.from_pretrained(tiny_pipeline_dir, device="cpu")
+    expected = pipeline.text_to_video("a red circle", seed=2, plausibility=0.9)
+    assert np.array_equal(np.load(tmp_path / "p.npy"), expected.tokens)
+    assert not np.array_equal(expected.tokens, pipeline.text_to_video("a red circle", seed=2).tokens)
+
+
 def _mismatched_checkpoint(tiny_pipeline_dir: Path, tmp_path: Path, without_checksums) -> Path:
     """A copy whose STPT has another codebook than the tokenizer."""
     broken = tmp_path / "mismatched"

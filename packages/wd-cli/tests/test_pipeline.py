@@ -17,6 +17,7 @@ from wd_cli import devices
 from wd_cli.devices import BF16_CPU_MIN_SPEEDUP, cpu_bf16_speedup, resolve_device, resolve_dtype
 from wd_cli.pipeline import Generation, PipelineDefaults, WorldDreamerPipeline
 from wd_cli.text_encoders import T5TextEncoder
+from wd_cli.windowing import SPAN_WINDOWS, window_starts
 
 RNG = np.random.default_rng(0)
 VIDEO = RNG.integers(0, 256, (5, 32, 32, 3), dtype=np.uint8)
@@ -153,6 +154,34 @@ def test_rollout_continues_from_context_frames_with_aligned_actions(
     assert tiny_pipeline.text_to_video("a red circle", num_frames=9).frames.shape == (9, 32, 32, 3)
 
 
+def test_long_edits_decode_spans_of_overlapping_windows_together(
+    tiny_pipeline: WorldDreamerPipeline, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    spans: list[tuple[torch.Tensor, torch.Tensor]] = []
+    network: list[torch.Tensor] = []  # the tokens of every network call
+    original_sample, original_model = tiny_pipeline._sample, tiny_pipeline._model_fn
+
+    def recording(tokens, known, prompt, actions, config, generator, callback):
+        out = original_sample(tokens, known, prompt, actions, config, generator, callback)
+        spans.append((known, out))
+        return out
+
+    monkeypatch.setattr(tiny_pipeline, "_sample", recording)
+    monkeypatch.setattr(tiny_pipeline, "_model_fn", lambda tokens, cond: network.append(tokens) or
+                        original_model(tokens, cond))
+    frames = SPAN_WINDOWS * 4 + 4
+    video = np.repeat(VIDEO[:1], frames, axis=0)
+    result = tiny_pipeline.inpaint(video, box=(8, 8, 24, 24), seed=0)
+    # Window 4, context 2: frames [0, 16) decoded together, then [14, 20) from 2 context frames.
+    assert [tuple(known.shape[1:2]) for known, _ in spans] == [(16,), (6,)]
+    assert spans[1][0][0, :2].all() and torch.equal(spans[1][1][0, :2], spans[0][1][0, -2:])
+    assert {tokens.shape[1] for tokens in network} == {4}  # the network only ever reads windows of 4 frames
+    # Each step of the first span runs the network once per window: frames 0, 2, ..., 12, guided in one batch.
+    assert len(network) == tiny_pipeline.defaults.steps * (len(window_starts(16, 4)) + len(window_starts(6, 4)))
+    assert np.array_equal(result.tokens[result.known], tiny_pipeline.encode(video).numpy()[result.known])
+    assert np.array_equal(result.tokens[:16], spans[0][1][0].numpy())
+
+
 def test_guided_branches_share_one_forward_per_step(tiny_pipeline: WorldDreamerPipeline) -> None:
     batches: list[int] = []
     hook = tiny_pipeline.stpt.register_forward_pre_hook(lambda module, args: batches.append(args[0].shape[0]))
@@ -195,6 +224,8 @@ def test_save_load_round_trip_gives_the_same_videos(
     # fp32 like the pipeline it was saved from (auto would pick bf16 on a CPU with bf16 units).
     loaded = WorldDreamerPipeline.from_pretrained(tiny_pipeline_dir, device="cpu", dtype="fp32")
     assert loaded.defaults == tiny_pipeline.defaults
+    # Unset optional fields are left out, so a wd-cli from before a field was added still reads the file.
+    assert tiny_pipeline.defaults.plausibility is None and "plausibility" not in config["defaults"]
     for task in ("text_to_video", "action_to_video", "inpaint"):
         assert np.array_equal(TASKS[task](loaded, seed=3).frames, TASKS[task](tiny_pipeline, seed=3).frames)
 

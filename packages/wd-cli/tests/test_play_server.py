@@ -158,8 +158,8 @@ def test_a_task_from_the_form_runs_with_progress_and_its_files_play(client: Test
             assert message["type"] != "error", message
             progress += [message] if message["type"] == "progress" else []
         result = message
-    # 6 frames in windows of 4 continued from 2 final frames: frames 0-3, then 4-5, 2 decoding steps each.
-    assert [(m["window"], m["step"]) for m in progress] == [(1, 1), (1, 2), (2, 1), (2, 2)]
+    # 6 frames, windows of 4 at frames 0 and 2 decoded together: one part of 2 decoding steps.
+    assert [(m["part"], m["step"]) for m in progress] == [(1, 1), (1, 2)]
     assert (result["task"], result["frames"], result["height"], result["width"]) == ("inpaint", 6, 32, 32)
     sheet = client.get(result["files"]["sheet"])
     assert sheet.status_code == 200

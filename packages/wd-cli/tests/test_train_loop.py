@@ -250,6 +250,10 @@ def test_on_the_fly_drive_and_images_with_a_tokenizer_and_text_encoder(tmp_path)
     pipeline = WorldDreamerPipeline.from_pretrained(tmp_path / "pipeline")
     assert_same_tensors(pipeline.stpt.state_dict(), model.state_dict())
     assert (pipeline.defaults.num_frames, pipeline.defaults.height, pipeline.defaults.width) == (2, 32, 32)
+    again = ["train", "export", str(tmp_path / "run"), str(tmp_path / "pipeline")]
+    refused = CliRunner().invoke(cli, again)
+    assert refused.exit_code == 2 and "exists; pass --overwrite to replace it" in refused.output
+    assert CliRunner().invoke(cli, [*again, "--overwrite"]).exit_code == 0
 
 
 RANK_SCRIPT = """

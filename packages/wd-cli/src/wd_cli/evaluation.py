@@ -124,9 +124,10 @@ class EvalConfig:
     seed: int = 0  # generation seed of the first clip (clip i uses seed + i)
     turn_yaw: float = 0.1  # rad per frame of the left/right turn action sequences
     turn_speed: float = 6.0  # m/s of those sequences
-    # Rollouts `rollout_windows` windows long turn the other way in each window (a steady turn would leave the
-    # road, and the view with it, after one window); 0.06 rad a frame keeps the road in view (the detector reads
-    # 97% of the world's own windows, 0.1 rad 48%).
+    # Rollouts `rollout_windows` windows long turn the other way in each segment (the frames one window of a
+    # window-by-window rollout commits: a steady turn would leave the road, and the view with it, after one
+    # window); 0.06 rad a frame keeps the road in view (the detector reads 97% of the world's own segments, 0.1
+    # rad 48%).
     rollout_windows: int = 3
     rollout_yaw: float = 0.06
     given_frames: int = 3  # frames prediction is given
@@ -472,8 +473,8 @@ def text_and_actions_metrics(pipe: WorldDreamerPipeline, config: EvalConfig, pro
 
 
 def rollout_actions(config: EvalConfig, windows: list[Window], first_sign: float, frames: int) -> np.ndarray:
-    """float32 (frames, 2): turns of rollout_yaw that change direction with every window, `first_sign` first (left
-    positive). Window k's sign drives actions [k.new - 1, k.end - 1), the moves into the frames it generates."""
+    """float32 (frames, 2): turns of rollout_yaw that change direction with every window's segment, `first_sign`
+    first (left positive). Window k's sign drives actions [k.new - 1, k.end - 1), the moves into its frames."""
     actions = np.tile(np.float32([[first_sign * config.rollout_yaw, config.turn_speed]]), (frames, 1))
     for number, window in enumerate(windows):
         stop = frames if number == len(windows) - 1 else window.end - 1  # the last row continues the last turn
@@ -483,8 +484,9 @@ def rollout_actions(config: EvalConfig, windows: list[Window], first_sign: float
 
 def long_rollout_metrics(pipe: WorldDreamerPipeline, config: EvalConfig, progress: bool = True) -> list[Metric]:
     """Action-to-video rollouts `rollout_windows` times the window long, their turn changing direction with every
-    window: per window index, the fraction of windows whose frames turn the commanded way (`_turned`, from the
-    frame before the window's first new one to its last), beside chance and the world's own renders."""
+    segment (the frames `plan_windows` gives each window of the rollout): per segment index, the fraction of
+    rollouts whose frames turn the commanded way (`_turned`, from the frame before the segment's first to its
+    last), beside chance and the world's own renders."""
     window, context = pipe.defaults.num_frames, pipe.defaults.context_frames
     frames = config.rollout_windows * window
     drive = dataclasses.replace(config.drive, num_frames=frames)
@@ -505,7 +507,7 @@ def long_rollout_metrics(pipe: WorldDreamerPipeline, config: EvalConfig, progres
                     commanded = config.rollout_yaw * (span.end - span.new)
                     turn = headings[span.end - 1] - headings[span.new - 1]
                     per_window[number].append(_turned(sign * (-1) ** number, turn, commanded))
-    return [clip_metric(f"long rollout ({frames} frames, windows of {window}): turns the commanded way, window "
+    return [clip_metric(f"long rollout ({frames} frames, windows of {window}): turns the commanded way, segment "
                         f"{number + 1} of {len(windows)} (rate)", hits[number], 0.5, "chance", "higher",
                         np.mean(truth_hits[number]))
             for number in range(len(windows))]

@@ -51,6 +51,7 @@ class GenerateArgs:
     guidance: float | None = None
     temperature: float | None = None
     top_k: int | None = None
+    plausibility: float | None = None
     seed: int = 0
     fps: float | None = None
     tokens_out: Path | None = None
@@ -89,7 +90,7 @@ def run_task(pipeline: WorldDreamerPipeline, args: GenerateArgs, progress: tqdm 
     if progress is not None:
         options["callback"] = lambda step, tokens: progress.update()
     for key, value in (("steps", args.steps), ("guidance_scale", args.guidance), ("temperature", args.temperature),
-                       ("top_k", args.top_k)):
+                       ("top_k", args.top_k), ("plausibility", args.plausibility)):
         if value is not None:
             options[key] = value
     if args.frames is not None and args.task in ROLLOUTS:
@@ -176,6 +177,9 @@ existing_file = click.Path(exists=True, dir_okay=False, path_type=Path)
 @click.option("--guidance", type=FiniteFloatRange(min=0), help="Classifier-free guidance scale (0 = none).")
 @click.option("--temperature", type=FiniteFloatRange(min=0), help="Sampling temperature (0 = argmax).")
 @click.option("--top-k", type=click.IntRange(min=1), help="Draw only from the k likeliest tokens.")
+@click.option("--plausibility", type=FiniteFloatRange(0, 1, min_open=True),
+              help="Guided decoding: drop tokens whose prompted probability is below this fraction of the "
+                   "likeliest's (e.g. 0.05; default: the pipeline's, usually none).")
 @click.option("--seed", type=click.IntRange(0, 2**64 - 1), default=0, show_default=True, help="Random seed.")
 @click.option("--fps", type=FiniteFloatRange(min=0, min_open=True), help="Output frame rate (default: the pipeline's).")
 @click.option("--tokens-out", type=click.Path(dir_okay=False, path_type=Path),

@@ -1,10 +1,12 @@
 """Memory of a generation request, estimated before it runs, against the memory there is.
 
-The estimate counts what grows with the request: one window's logits and sampler buffers (window frames x tokens
-per frame x codebook, twice with guidance), the STPT's activations, the VQGAN's decoder activations per chunk of
-frames, and the frames and tokens of the whole output (and of an input video). Weights already loaded are not
-counted. The limit is the memory available now (RAM, within a cgroup limit; free CUDA memory for the device part)
-unless `WD_MEMORY_LIMIT_GB`, `--memory-limit` or `memory_limit_gb` gives one.
+The estimate counts what grows with the request: one span's logits and sampler buffers (span frames x tokens per
+frame x codebook, twice with guidance, and co-decoding's sums and one window's log-probabilities; a rollout
+decodes single windows and needs less, but the estimate runs before the task's mask says which), the STPT's
+activations for one window, the VQGAN's decoder activations per chunk of frames, and the frames and tokens of the
+whole output (and of an input video). Weights already loaded are not counted. The limit is the memory available
+now (RAM, within a cgroup limit; free CUDA memory for the device part) unless `WD_MEMORY_LIMIT_GB`,
+`--memory-limit` or `memory_limit_gb` gives one.
 """
 
 from __future__ import annotations
@@ -15,6 +17,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import torch
+
+from wd_cli.windowing import SPAN_WINDOWS
 
 if TYPE_CHECKING:
     from wd_cli.pipeline import WorldDreamerPipeline
@@ -46,8 +50,13 @@ def generation_memory(pipeline: WorldDreamerPipeline, num_frames: int, guided: b
     height, width, factor = defaults.height, defaults.width, pipeline.tokenizer.downsample_factor
     frame_tokens = (height // factor) * (width // factor)
     window = min(defaults.num_frames, num_frames) * frame_tokens
+    span_frames = min(SPAN_WINDOWS * defaults.num_frames, num_frames)
+    span = span_frames * frame_tokens
     batch = 2 if guided else 1
-    logits = 4 * window * config.codebook_size * (batch + 2)  # float32 logits + the sampler's two scratch rows
+    # float32 logits + the sampler's two scratch rows; co-decoding (a span past one window) adds its running sums
+    # and one window's log-probabilities.
+    co_decoded = 0 if span == window else batch * (span + window)
+    logits = 4 * config.codebook_size * (span * (batch + 2) + co_decoded)
     hidden = int(config.width * config.mlp_ratio)
     activations = 4 * batch * window * (4 * config.width + hidden + config.depth // 2 * config.width)
     tokenizer = pipeline.tokenizer.config
@@ -58,7 +67,8 @@ def generation_memory(pipeline: WorldDreamerPipeline, num_frames: int, guided: b
     count, in_height, in_width = input_frames or (0, 0, 0)
     inputs = count * 3 * (2 * in_height * in_width + height * width)
     device = int(SAFETY * (logits + activations + decoder))
-    what = (f"{num_frames} frames of {height}x{width}, {min(defaults.num_frames, num_frames)}-frame windows of "
+    what = (f"{num_frames} frames of {height}x{width}, {span_frames}-frame spans of "
+            f"{min(defaults.num_frames, num_frames)}-frame windows of "
             f"{frame_tokens} tokens per frame, codebook {config.codebook_size}"
             + (", guided (batch 2)" if guided else "") + (f", a {count}-frame input video" if count else ""))
     return MemoryEstimate(int(SAFETY * (output + inputs)), device, what)

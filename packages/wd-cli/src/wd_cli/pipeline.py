@@ -3,8 +3,9 @@
 Every task returns a `Generation`: frames uint8 (N, H, W, 3), tokens int64 (N, h, w) and known bool (N, h, w)
 (True where the task gave the token). Pixel inputs of another size are resized to cover the model's size and
 centre-cropped (outpainting's widening scales them to fit inside instead). Every task, at any length, runs
-through `wd_cli.windowing`: a video longer than the model's window (`defaults.num_frames`) is generated in
-overlapping windows, each continuing from at least `defaults.context_frames` final frames.
+through `wd_cli.windowing`: a video longer than the model's window (`defaults.num_frames`) is decoded in spans
+(edits: half-overlapping windows decoded together; rollouts: one window), each continuing from at least
+`defaults.context_frames` final frames.
 """
 
 from __future__ import annotations
@@ -30,7 +31,7 @@ from wd_cli.media import fit_frames, fit_inside, fit_mask
 from wd_cli.pipeline_file import PIPELINE_FILE, read_pipeline_file, write_pipeline_file
 from wd_cli.text_encoders import CachedTextEncoder, TextEncoder, load_text_encoder, unwrap
 from wd_cli.validation import check_actions, check_finite_weights
-from wd_cli.windowing import LongVideo, WindowSampler
+from wd_cli.windowing import LongVideo, WindowSampler, co_decoding, span_frames
 
 PARTS = ("tokenizer", "stpt", "text_encoder")
 Box = tuple[int, int, int, int]
@@ -227,8 +228,9 @@ class WorldDreamerPipeline:
         return self._generate(tokens, known, prompt, None, options)
 
     def window_sampler(self, prompt: str = "", **options: Unpack[SamplingOptions]) -> WindowSampler:
-        """What `wd_cli.windowing.LongVideo.step` calls to generate one window under `prompt`: one seeded
-        generator for every window it samples (a live driver keeps one per session)."""
+        """What `wd_cli.windowing.LongVideo.step` calls to generate one window, or a span of windows decoded
+        together, under `prompt`: one seeded generator for every span it samples (a live driver keeps one per
+        session)."""
         if "num_frames" in options:
             raise TypeError("num_frames does not apply to one window: the LongVideo it steps sets the frames")
         config, generator, callback = self._config(options), self._generator(options), options.get("callback")
@@ -282,7 +284,8 @@ class WorldDreamerPipeline:
         generator: torch.Generator,
         callback: StepCallback | None = None,
     ) -> torch.Tensor:
-        """One window: tokens/known (1, N, h, w), actions (N, A) or None -> tokens (1, N, h, w) on the device."""
+        """One span: tokens/known (1, N, h, w), actions (N, A) or None -> tokens (1, N, h, w) on the device; past
+        the model's window, its windows are co-decoded (wd_cli.windowing.co_decoding)."""
         text, text_mask = self.text_encoder.encode([prompt])
         cond = STPTCondition(text=text.to(self.device), text_mask=text_mask.to(self.device),
                              actions=None if actions is None else actions[None].to(self.device))
@@ -290,7 +293,8 @@ class WorldDreamerPipeline:
         guided = config.guidance_scale > 0 and (bool(text_mask.any()) or actions is not None)
         if not guided:
             config = dataclasses.replace(config, guidance_scale=0.0)
-        result = wd_masking.sample(self._model_fn, tokens.to(self.device), known.to(self.device),
+        model_fn = co_decoding(self._model_fn, self.defaults.num_frames, _condition_frames)
+        result = wd_masking.sample(model_fn, tokens.to(self.device), known.to(self.device),
                                    mask_id=self.mask_id, cond=cond, uncond=cond.unconditional() if guided else None,
                                    config=config, generator=generator, callback=callback)
         return result.tokens
@@ -349,10 +353,12 @@ class WorldDreamerPipeline:
         actions: torch.Tensor | None,
         options: SamplingOptions,
     ) -> Generation:
-        """Fill the unknown tokens of a whole video (1, M, h, w), window by window (wd_cli.windowing)."""
+        """Fill the unknown tokens of a whole video (1, M, h, w), span by span (wd_cli.windowing)."""
         video = LongVideo(tokens[0], known[0], actions)
         sample = self.window_sampler(prompt, **{key: value for key, value in options.items() if key != "num_frames"})
-        return self._generation(video.run(sample, self.defaults.num_frames, self.defaults.context_frames), known[0])
+        window = self.defaults.num_frames
+        tokens = video.run(sample, window, self.defaults.context_frames, span_frames(known[0], window))
+        return self._generation(tokens, known[0])
 
     def _generation(self, tokens: torch.Tensor, known: torch.Tensor) -> Generation:
         tokens = tokens.cpu()
@@ -370,7 +376,9 @@ class WorldDreamerPipeline:
             self.text_encoder.save_pretrained(staging / "text_encoder")
             classes = {"tokenizer": type(self.tokenizer).__name__, "stpt": type(self.stpt).__name__,
                        "text_encoder": type(unwrap(self.text_encoder)).__name__}
-            write_pipeline_file(staging, classes, dataclasses.asdict(self.defaults))
+            # An unset optional field (None) is left out: a wd-cli from before the field still reads the file.
+            defaults = {name: value for name, value in dataclasses.asdict(self.defaults).items() if value is not None}
+            write_pipeline_file(staging, classes, defaults)
 
     @classmethod
     def from_pretrained(
@@ -434,3 +442,8 @@ def _check_parts(tokenizer: VQGAN, stpt: STPT, text_encoder: TextEncoder, defaul
     if (defaults.height // f) % stride or (defaults.width // f) % stride:
         raise ValueError(f"token grid {defaults.height // f}x{defaults.width // f} is not divisible by the STPT "
                          f"patch_stride {stride}")
+
+
+def _condition_frames(cond: STPTCondition, start: int, end: int) -> STPTCondition:
+    """The condition of frames [start, end): actions are per frame, everything else per clip."""
+    return cond if cond.actions is None else dataclasses.replace(cond, actions=cond.actions[:, start:end])

@@ -135,7 +135,7 @@ SOURCE_WEIGHTS = {"shapes": 1.5, "drive": 1.0}
 # image2video's PSNR by 1.7-2.6 dB and its shape IoU, but pulled tokens towards the background, so shapes went
 # missing: position error and text2video colour + shape got worse on two of three (docs/benchmarks.md).
 SAMPLING = dict(steps=10, guidance_scale=2.0, temperature=0.7, choice_temperature=2.0, stylize_mask_ratio=0.75)
-CONTEXT_FRAMES = 2  # rollout windows continue from the last 2 frames
+CONTEXT_FRAMES = 2  # rollout windows (and spans of long edits) continue from the last 2 frames
 # Held-out clips of the tasks past the paper's five, fewer than `eval_clips` (at most that many): each clip costs
 # one or two windows, a long rollout's eight (two drives of four windows), and the quickstart must stay near its
 # time.
@@ -267,8 +267,9 @@ def run_tasks(pipeline: WorldDreamerPipeline, config: QuickstartConfig) -> list[
          lambda: pipeline.image_to_video(shapes.frames[0], prompt=shapes.caption)),
         ("predict", f"the first {given} frames + prompt {shapes.caption!r}", shapes.frames,
          lambda: pipeline.image_to_video(shapes.frames[:given], prompt=shapes.caption)),
-        ("interpolate", f"every {every}th of {len(long_shapes.frames)} frames given (windows end on keyframes)",
-         long_shapes.frames, lambda: pipeline.interpolate(long_shapes.frames[::every], every, long_shapes.caption)),
+        ("interpolate", f"every {every}th of {len(long_shapes.frames)} frames given (overlapping windows decoded "
+         "together)", long_shapes.frames,
+         lambda: pipeline.interpolate(long_shapes.frames[::every], every, long_shapes.caption)),
         ("inpaint", f"box {box} (top, left, bottom, right) regenerated, prompt {shapes.caption!r}", shapes.frames,
          lambda: pipeline.inpaint(shapes.frames, box=box, prompt=shapes.caption)),
         ("outpaint", "the middle half of the columns given (input: its edges replicated), the sides generated",

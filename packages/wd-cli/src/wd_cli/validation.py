@@ -26,7 +26,7 @@ if TYPE_CHECKING:
 # bfloat16/float32 activations (1e30 did), and no real action is that large.
 MAX_ACTION = 1e4
 SAMPLER_FLAGS = {"steps": "--steps", "guidance_scale": "--guidance", "temperature": "--temperature",
-                 "top_k": "--top-k"}
+                 "top_k": "--top-k", "plausibility": "--plausibility"}
 
 
 class FiniteFloatRange(click.FloatRange):
@@ -89,7 +89,7 @@ def check_generation(pipeline: WorldDreamerPipeline, args: GenerateArgs) -> None
     of the request (the input video's size probed, not decoded)."""
     check_video_fps(args.out, args.fps or pipeline.defaults.fps)
     flags = {"steps": args.steps, "guidance_scale": args.guidance, "temperature": args.temperature,
-             "top_k": args.top_k}
+             "top_k": args.top_k, "plausibility": args.plausibility}
     try:
         config = pipeline.defaults.sampler_config(**flags)
     except ValueError as error:  # name the flag the user gave (the sampler names its field)

@@ -251,13 +251,13 @@ class PlayServer:
         steps = request.steps or self.pipeline.defaults.steps
 
         def run() -> object:
-            window = 0
+            part = 0  # the sampler runs once per window of a rollout, once per span of a long edit
 
             def progress(step: int, tokens: object) -> None:
-                nonlocal window
+                nonlocal part
                 turn.between_steps()
-                window += step == 0
-                message = {"type": "progress", "task": request.task, "window": window, "step": step + 1,
+                part += step == 0
+                message = {"type": "progress", "task": request.task, "part": part, "step": step + 1,
                            "steps": steps}
                 asyncio.run_coroutine_threadsafe(tab.send(message), loop)
 

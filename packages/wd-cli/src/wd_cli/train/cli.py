@@ -4,12 +4,14 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from functools import wraps
+from pathlib import Path
 from typing import Any
 
 import click
 from wd_data import DataSourceError
 from wd_tokenizer.nonfinite import TrainingDiverged
 
+from wd_cli.convert import check_out, overwrite_option
 from wd_cli.errors import one_line
 from wd_cli.train.config import STPTRunConfig
 from wd_cli.train.configfile import ConfigError, load_config
@@ -96,12 +98,15 @@ def tokenizer(config_path: str, overrides: tuple[str, ...], no_progress: bool, r
 @click.argument("out_dir", type=click.Path(file_okay=False))
 @click.option("--tokenizer", default=None, help="VQGAN directory (default: the run's model.tokenizer).")
 @click.option("--text-encoder", default=None, help="Text encoder directory (default: the run's model.text_encoder).")
+@overwrite_option
 @config_errors_in_one_line
-def export(run_dir: str, out_dir: str, tokenizer: str | None, text_encoder: str | None) -> None:
-    """Write a pipeline directory (for wd generate) from RUN_DIR's newest checkpoint (EMA weights if kept).
+def export(run_dir: str, out_dir: str, tokenizer: str | None, text_encoder: str | None, overwrite: bool) -> None:
+    """Write a pipeline directory (for wd generate) from RUN_DIR's newest checkpoint (EMA weights if kept);
+    an OUT_DIR that holds something is replaced only with --overwrite.
 
     \b
     Example:
       wd train export runs/stpt pipelines/shapes
     """
+    check_out(Path(out_dir), overwrite)
     click.echo(export_run(run_dir, out_dir, tokenizer, text_encoder))
