@@ -4,6 +4,7 @@ is STPTConfig's switch, which the trainer sets from `parallel.activation_checkpo
 
 from __future__ import annotations
 
+import gc
 import os
 from dataclasses import dataclass
 
@@ -48,8 +49,15 @@ def init_distributed(section: TrainSection) -> DistributedEnv:
 
 
 def close_distributed() -> None:
+    """Destroy the process group while the interpreter is fully alive. destroy_process_group only drops the
+    registry's references: a DDP wrapper (its reducer) or FSDP's parameters keep the group alive, and when the
+    last of them is freed by the garbage collector during interpreter shutdown, gloo's worker threads are torn
+    down without the GIL, which aborts the rank ("terminate called without an active exception", SIGABRT after
+    a finished run, a few times in CI). Collecting first frees those wrappers now."""
     if dist.is_initialized():
+        gc.collect()
         dist.destroy_process_group()
+        gc.collect()
 
 
 def parallelize(model: nn.Module, section: ParallelSection, env: DistributedEnv) -> nn.Module:
