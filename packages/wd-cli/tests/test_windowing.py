@@ -41,17 +41,17 @@ def layouts(draw: st.DrawFn) -> tuple[list[bool], int, int, int]:
 @settings(max_examples=300, deadline=None)
 @given(layouts())
 def test_spans_commit_every_frame_to_generate_once_with_full_windows_and_context(layout) -> None:
-    complete, window, context, span_frames = layout
-    windows = plan_windows(complete, window, context, span_frames)
+    complete, window, context, span_length = layout
+    windows = plan_windows(complete, window, context, span_length)
     committed = [frame for span in windows for frame in range(span.new, span.end)]
     assert committed == sorted(set(committed))  # disjoint, left to right
     assert {frame for frame, done in enumerate(complete) if not done} <= set(committed)
     for span in windows:
         assert 0 <= span.start <= span.new < span.end <= len(complete) and not complete[span.new]
         # At least the model's window whenever the video has it, at most a span.
-        assert min(window, span.end) <= span.end - span.start <= span_frames
+        assert min(window, span.end) <= span.end - span.start <= span_length
         assert span.new - span.start >= min(context, span.new)  # at least `context` final frames lead it
-    if span_frames == window:
+    if span_length == window:
         assert windows == plan_windows(complete, window, context)
 
 
@@ -163,15 +163,15 @@ def videos(draw: st.DrawFn) -> tuple[torch.Tensor, torch.Tensor, int, int, int]:
 @settings(max_examples=200, deadline=None)
 @given(videos())
 def test_run_generates_each_frame_once_and_never_changes_a_known_or_final_token(video) -> None:
-    tokens, known, window, context, span_frames = video
+    tokens, known, window, context, span_length = video
     sampler = RecordingSampler()
     actions = torch.arange(len(tokens), dtype=torch.float32)[:, None].repeat(1, 2)
-    out = LongVideo(tokens.clone(), known.clone(), actions).run(sampler, window, context, span_frames)
-    spans = plan_windows(known.flatten(1).all(1).tolist(), window, context, span_frames)
+    out = LongVideo(tokens.clone(), known.clone(), actions).run(sampler, window, context, span_length)
+    spans = plan_windows(known.flatten(1).all(1).tolist(), window, context, span_length)
     assert len(sampler.calls) == len(spans)
     assert torch.equal(out[known], tokens[known])  # known tokens never change
     for index, (span, (seen, seen_known, seen_actions)) in enumerate(zip(spans, sampler.calls, strict=True)):
-        assert seen.shape[1] == span.end - span.start <= span_frames
+        assert seen.shape[1] == span.end - span.start <= span_length
         assert torch.equal(seen_actions[:, 0], torch.arange(span.start, span.end, dtype=torch.float32))
         # Context frames are final: known to the sampler, and already what the video ends with.
         lead = span.new - span.start

@@ -60,6 +60,11 @@ class GenerateArgs:
     memory_limit: float | None = None
     no_progress: bool = False
 
+    def sampler_flags(self) -> dict[str, int | float | None]:
+        """The sampler settings the flags give, by SamplerConfig field (None where a flag was not given)."""
+        return {"steps": self.steps, "guidance_scale": self.guidance, "temperature": self.temperature,
+                "top_k": self.top_k, "plausibility": self.plausibility}
+
 
 def check_args(args: GenerateArgs) -> None:
     """click.UsageError for a missing input, one the task does not use, or --mask together with --box."""
@@ -89,10 +94,7 @@ def run_task(pipeline: WorldDreamerPipeline, args: GenerateArgs, progress: tqdm 
     options = SamplingOptions(seed=args.seed)
     if progress is not None:
         options["callback"] = lambda step, tokens: progress.update()
-    for key, value in (("steps", args.steps), ("guidance_scale", args.guidance), ("temperature", args.temperature),
-                       ("top_k", args.top_k), ("plausibility", args.plausibility)):
-        if value is not None:
-            options[key] = value
+    options.update({key: value for key, value in args.sampler_flags().items() if value is not None})
     if args.frames is not None and args.task in ROLLOUTS:
         options["num_frames"] = args.frames
     match args.task:

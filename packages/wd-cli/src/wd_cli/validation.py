@@ -88,8 +88,7 @@ def check_generation(pipeline: WorldDreamerPipeline, args: GenerateArgs) -> None
     """After loading the pipeline, before sampling: the fps it writes at, the sampler settings, and the memory
     of the request (the input video's size probed, not decoded)."""
     check_video_fps(args.out, args.fps or pipeline.defaults.fps)
-    flags = {"steps": args.steps, "guidance_scale": args.guidance, "temperature": args.temperature,
-             "top_k": args.top_k, "plausibility": args.plausibility}
+    flags = args.sampler_flags()
     try:
         config = pipeline.defaults.sampler_config(**flags)
     except ValueError as error:  # name the flag the user gave (the sampler names its field)
