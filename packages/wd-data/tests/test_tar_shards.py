@@ -86,6 +86,18 @@ def test_json_caption_is_used_when_there_is_no_txt(tmp_path):
     assert item.sample["caption"] == "json 10"
 
 
+def test_a_reader_error_mid_shard_is_one_line_and_the_records_go_on(tmp_path):
+    """A member name repeated within a record (here one with a line break in it) spoils that record's read; the
+    error names the member on one line (webdataset's tuple of arguments left out), and the records around it are
+    still read."""
+    members = image_record("a", 10) + image_record("b\nc", 50) + [("b\nc.jpg", b"again")] + image_record("d", 90)
+    write_tar(tmp_path / "s.tar", members)
+    items = list(TarShardDataset(TarShardConfig(tmp_path / "s.tar", num_frames=1, size=8)).read_shard(0))
+    (bad,) = [item for item in items if item.error is not None]
+    assert str(bad.error).startswith("unreadable tar (b c.jpg: duplicate file name")
+    assert [levels(item.sample["frames"])[0] for item in items if item.sample is not None][::2] == [10, 90]
+
+
 def test_truncated_shard_yields_its_first_records_then_one_error(tmp_path):
     path = write_tar(tmp_path / "s.tar", [member for key in range(6) for member in image_record(f"{key}", 10 * key)])
     data = path.read_bytes()

@@ -81,8 +81,10 @@ def record_caption(record: dict[str, Any]) -> str:
 
 
 def _unreadable(error: Exception) -> BadSampleError:
-    """The error that ends a shard: the reader's message on one line."""
-    return BadSampleError(f"unreadable tar ({' '.join(str(error).split())})")
+    """A tar reader's error as a bad record, its message on one line. webdataset passes some errors on with extra
+    arguments (message, None, None), whose str() is a tuple's repr: only the message is kept."""
+    message = error.args[0] if error.args and isinstance(error.args[0], str) else str(error)
+    return BadSampleError(f"unreadable tar ({' '.join(message.split())})")
 
 
 def _ends_like_a_tar(url: str) -> bool:
@@ -144,7 +146,7 @@ class TarShardDataset(SkipCounter, IterableDataset):
         try:
             for record in group_by_keys(tar_file_expander([{"url": url, "stream": stream}], handler=keep),
                                         handler=keep):
-                yield from (BadSampleError(f"unreadable tar ({error})") for error in errors)
+                yield from (_unreadable(error) for error in errors)
                 errors.clear()
                 yield record
             yield from (_unreadable(error) for error in errors)
