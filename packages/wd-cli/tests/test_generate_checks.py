@@ -14,10 +14,12 @@ import pytest
 import torch
 from click.testing import CliRunner
 
+from wd_cli.generate import GenerateArgs
 from wd_cli.limits import MemoryLimitError, generation_memory
 from wd_cli.windowing import SPAN_WINDOWS
 from wd_cli.main import cli
 from wd_cli.pipeline import WorldDreamerPipeline
+from wd_cli.validation import request_size
 
 
 @pytest.fixture
@@ -112,6 +114,48 @@ def test_the_estimate_grows_with_what_costs_memory(tiny_pipeline):
     one, span = generation_memory(tiny_pipeline, window), generation_memory(tiny_pipeline, SPAN_WINDOWS * window)
     assert span.device > 2 * one.device
     assert generation_memory(tiny_pipeline, 10 * SPAN_WINDOWS * window).device == span.device
+
+
+def test_rollouts_are_estimated_at_the_span_they_decode(tiny_pipeline, monkeypatch):
+    """A rollout decodes window by window (its gap past the given frames is longer than half a window), so it is
+    counted at one window's logits where a video task of the same length is counted at a co-decoded span."""
+    window = tiny_pipeline.defaults.num_frames
+    frames = SPAN_WINDOWS * window
+    video_task = generation_memory(tiny_pipeline, frames)
+    assert generation_memory(tiny_pipeline, frames, given_frames=1).device < video_task.device
+    assert generation_memory(tiny_pipeline, frames, given_frames=0).device < video_task.device
+    # A prefix leaving at most half a window to fill is co-decoded (span_frames), and counted so.
+    assert generation_memory(tiny_pipeline, frames, given_frames=frames - window // 2).device == video_task.device
+
+    class Checked(Exception):
+        pass
+
+    def record(num_frames, guided=True, input_frames=None, given_frames=None):
+        raise Checked(given_frames)
+
+    monkeypatch.setattr(tiny_pipeline, "check_request", record)
+    image = np.zeros((32, 32, 3), dtype=np.uint8)
+    calls = {"text2video": lambda: tiny_pipeline.text_to_video("a red circle", num_frames=frames),
+             "image2video": lambda: tiny_pipeline.image_to_video(image, num_frames=frames),
+             "predict": lambda: tiny_pipeline.image_to_video(np.stack([image] * 3), num_frames=frames),
+             "inpaint": lambda: tiny_pipeline.inpaint(np.stack([image] * frames), np.ones((32, 32), dtype=bool))}
+    given = {}
+    for task, call in calls.items():
+        with pytest.raises(Checked) as checked:
+            call()
+        given[task] = checked.value.args[0]
+    assert given == {"text2video": 0, "image2video": 1, "predict": 3, "inpaint": None}
+
+
+@pytest.mark.parametrize("task, inputs, given", [("text2video", {}, 0), ("image2video", {"image": "x.png"}, 1),
+                                                 ("action2video", {"image": "x.png", "actions": "a.csv"}, 1)])
+def test_wd_generate_tells_the_estimate_how_many_frames_a_rollout_is_given(tiny_pipeline, tmp_path, task, inputs,
+                                                                          given):
+    (tmp_path / "a.csv").write_text("0,1\n0,1\n0,1\n")
+    args = GenerateArgs(task, tmp_path, tmp_path / "o.mp4", frames=12,
+                        **{name: tmp_path / value for name, value in inputs.items()})
+    size = request_size(tiny_pipeline, args)
+    assert size.given_frames == given and size.frames == (3 if "actions" in inputs else 12)
 
 
 def test_pipeline_defaults_too_large_for_the_memory_are_refused_at_load(tiny_pipeline, tmp_path):

@@ -1,8 +1,8 @@
 """Memory of a generation request, estimated before it runs, against the memory there is.
 
 The estimate counts what grows with the request: one span's logits and sampler buffers (span frames x tokens per
-frame x codebook, twice with guidance, and co-decoding's sums and one window's log-probabilities; a rollout
-decodes single windows and needs less, but the estimate runs before the task's mask says which), the STPT's
+frame x codebook, twice with guidance, and co-decoding's sums and one window's log-probabilities; a rollout from
+`given_frames` leading frames gets the span its gap gets, a video task the longest span), the STPT's
 activations for one window, the VQGAN's decoder activations per chunk of frames, and the frames and tokens of the
 whole output (and of an input video). Weights already loaded are not counted. The limit is the memory available
 now (RAM, within a cgroup limit; free CUDA memory for the device part) unless `WD_MEMORY_LIMIT_GB`,
@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING
 
 import torch
 
-from wd_cli.windowing import SPAN_WINDOWS
+from wd_cli.windowing import SPAN_WINDOWS, span_for_gap
 
 if TYPE_CHECKING:
     from wd_cli.pipeline import WorldDreamerPipeline
@@ -43,14 +43,20 @@ class MemoryEstimate:
 
 
 def generation_memory(pipeline: WorldDreamerPipeline, num_frames: int, guided: bool = True,
-                      input_frames: tuple[int, int, int] | None = None) -> MemoryEstimate:
+                      input_frames: tuple[int, int, int] | None = None,
+                      given_frames: int | None = None) -> MemoryEstimate:
     """Estimate a request for `num_frames` output frames; `input_frames` = (count, height, width) of an input
-    video (inpaint, stylize), read whole before it is fitted to the model's size."""
+    video (inpaint, stylize), read whole before it is fitted to the model's size. `given_frames`: a rollout from
+    that many leading frames (0 for text-to-video), decoded in the spans `span_for_gap` gives its gap; None: a
+    task whose given tokens the estimate cannot see yet, counted at the longest span."""
     defaults, config = pipeline.defaults, pipeline.stpt.config
     height, width, factor = defaults.height, defaults.width, pipeline.tokenizer.downsample_factor
     frame_tokens = (height // factor) * (width // factor)
     window = min(defaults.num_frames, num_frames) * frame_tokens
-    span_frames = min(SPAN_WINDOWS * defaults.num_frames, num_frames)
+    longest = SPAN_WINDOWS * defaults.num_frames
+    if given_frames is not None:
+        longest = span_for_gap(max(0, num_frames - given_frames), defaults.num_frames)
+    span_frames = min(longest, num_frames)
     span = span_frames * frame_tokens
     batch = 2 if guided else 1
     # float32 logits + the sampler's two scratch rows; co-decoding (a span past one window) adds its running sums

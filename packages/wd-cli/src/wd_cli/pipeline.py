@@ -147,7 +147,7 @@ class WorldDreamerPipeline:
         """A clip from the prompt alone, or from the prompt and actions float (M, A) together (M frames, row i
         conditioning frame i)."""
         actions = self._actions(actions, options)
-        tokens, known = wd_masking.text_to_video(1, self._length(options), *self.token_shape, self.mask_id)
+        tokens, known = wd_masking.text_to_video(1, self._length(options, 0), *self.token_shape, self.mask_id)
         return self._generate(tokens, known, prompt, actions, options)
 
     def image_to_video(
@@ -265,10 +265,12 @@ class WorldDreamerPipeline:
                                                if key not in ("num_frames", "seed", "callback")})
 
     def check_request(self, num_frames: int, guided: bool = True,
-                      input_frames: tuple[int, int, int] | None = None) -> None:
+                      input_frames: tuple[int, int, int] | None = None, given_frames: int | None = None) -> None:
         """MemoryLimitError (a ValueError giving the estimate and the limit) when a request for `num_frames`
-        frames would not fit in memory (limits.py; `memory_limit_gb` overrides the limit)."""
-        check_memory(generation_memory(self, num_frames, guided, input_frames), self.device, self.memory_limit_gb)
+        frames would not fit in memory (limits.py; `memory_limit_gb` overrides the limit). `given_frames`: a
+        rollout from that many leading frames (None: a video task, estimated at its longest span)."""
+        check_memory(generation_memory(self, num_frames, guided, input_frames, given_frames), self.device,
+                     self.memory_limit_gb)
 
     def _model_fn(self, tokens: torch.Tensor, cond: STPTCondition) -> torch.Tensor:
         with autocast(self.device, self.dtype):
@@ -299,12 +301,13 @@ class WorldDreamerPipeline:
                                    config=config, generator=generator, callback=callback)
         return result.tokens
 
-    def _length(self, options: SamplingOptions) -> int:
-        """Frames a rollout produces: options' num_frames, else one window (checked to fit in memory)."""
+    def _length(self, options: SamplingOptions, given_frames: int) -> int:
+        """Frames a rollout from `given_frames` leading frames produces: options' num_frames, else one window
+        (checked to fit in memory)."""
         total = options.get("num_frames", self.defaults.num_frames)
         if total < 1:
             raise ValueError(f"num_frames must be >= 1, got {total}")
-        self._check_memory(total, options)
+        self._check_memory(total, options, given_frames)
         return total
 
     def _actions(self, actions: np.ndarray | None, options: SamplingOptions) -> torch.Tensor | None:
@@ -329,16 +332,16 @@ class WorldDreamerPipeline:
         self._check_memory(num_frames, options)
         return options
 
-    def _check_memory(self, num_frames: int, options: SamplingOptions) -> None:
+    def _check_memory(self, num_frames: int, options: SamplingOptions, given_frames: int | None = None) -> None:
         """`check_request` for `num_frames` output frames under `options`. Every task passes here, through
         `_length` (rollouts) or `_whole_video` (the rest), before it builds its tokens or samples anything."""
-        self.check_request(num_frames, self._config(options).guidance_scale > 0)
+        self.check_request(num_frames, self._config(options).guidance_scale > 0, given_frames=given_frames)
 
     def _continue(
         self, frames: np.ndarray, prompt: str | None, actions: torch.Tensor | None, options: SamplingOptions
     ) -> Generation:
         """frames uint8 (H, W, 3) or (k, H, W, 3) continued to num_frames frames."""
-        total = self._length(options)
+        total = self._length(options, 1 if np.ndim(frames) == 3 else len(frames))
         given = self.encode(frames)
         if len(given) > total:
             raise ValueError(f"{len(given)} given frames are more than the num_frames={total} to generate")

@@ -7,7 +7,7 @@ import math
 import os
 import uuid
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, NamedTuple
 
 import click
 import torch
@@ -94,22 +94,31 @@ def check_generation(pipeline: WorldDreamerPipeline, args: GenerateArgs) -> None
     except ValueError as error:  # name the flag the user gave (the sampler names its field)
         given = [name for name in flags if str(error).startswith(name) and flags[name] is not None]
         raise ValueError(f"{SAMPLER_FLAGS[given[0]]}: {error}" if given else f"pipeline defaults: {error}") from None
-    frames, input_frames = request_size(pipeline, args)
-    pipeline.check_request(frames, config.guidance_scale > 0, input_frames)
+    size = request_size(pipeline, args)
+    pipeline.check_request(size.frames, config.guidance_scale > 0, size.input_frames, size.given_frames)
 
 
-def request_size(pipeline: WorldDreamerPipeline, args: GenerateArgs) -> tuple[int, tuple[int, int, int] | None]:
-    """(frames out, (count, height, width) of the input video or None) of `args`' task, the video probed, not
-    decoded (its frame count estimated from duration and rate)."""
+class RequestSize(NamedTuple):
+    """What a `wd generate` request's memory depends on (see `generation_memory`)."""
+
+    frames: int  # frames out
+    input_frames: tuple[int, int, int] | None  # (count, height, width) of the input video
+    given_frames: int | None  # a rollout's leading given frames; None for the video tasks
+
+
+def request_size(pipeline: WorldDreamerPipeline, args: GenerateArgs) -> RequestSize:
+    """The size of `args`' request, the input video probed, not decoded (its frame count estimated from duration
+    and rate)."""
+    given = 0 if args.image is None else 1
     if args.actions is not None:  # action2video, text2video with actions: one row per output frame
-        return len(read_actions(args.actions)), None
-    if args.video is None:
-        return args.frames or pipeline.defaults.num_frames, None
+        return RequestSize(len(read_actions(args.actions)), None, given)
+    if args.video is None:  # text2video, image2video
+        return RequestSize(args.frames or pipeline.defaults.num_frames, None, given)
     info = probe_video(args.video)
     count = math.ceil(info.duration * (info.fps or 30.0))  # no rate given: assume a high one
     if args.task == "predict":  # the whole video, continued to --frames
-        return args.frames or pipeline.defaults.num_frames, (count, info.height, info.width)
+        return RequestSize(args.frames or pipeline.defaults.num_frames, (count, info.height, info.width), count)
     if args.task == "interpolate":  # every keyframe read, spread over --frames (or every --every-th frame)
-        return args.frames or (count - 1) * args.every + 1, (count, info.height, info.width)
+        return RequestSize(args.frames or (count - 1) * args.every + 1, (count, info.height, info.width), None)
     frames = min(count, args.frames or count)  # the video editing tasks read the first --frames frames
-    return frames, (frames, info.height, info.width)
+    return RequestSize(frames, (frames, info.height, info.width), None)

@@ -63,7 +63,13 @@ def span_frames(known: torch.Tensor, window: int) -> int:
     for given in known.flatten(1).any(dim=1).tolist():
         run = 0 if given else run + 1
         longest = max(longest, run)
-    return SPAN_WINDOWS * window if longest <= window // 2 else window
+    return span_for_gap(longest, window)
+
+
+def span_for_gap(longest_unknown: int, window: int) -> int:
+    """`span_frames`' rule from the longest run of frames without a given token: `SPAN_WINDOWS` windows when it is
+    at most half a window, else one window."""
+    return SPAN_WINDOWS * window if longest_unknown <= window // 2 else window
 
 
 def window_starts(total: int, window: int) -> list[int]:
