@@ -190,3 +190,28 @@ def test_every_damage_to_a_run_file_is_one_line_or_a_whole_export(damaged_run_te
     assert outcomes["intact"] == "ok", outcomes
     if name.endswith(".safetensors"):  # the damaged newest checkpoint is passed over: the one before is exported
         assert set(outcomes.values()) == {"ok"}, outcomes
+
+
+def test_a_damaged_newest_tokenizer_checkpoint_is_passed_over(tiny_vqgan_dir, tmp_path):
+    """A `wd train tokenizer` run given as a tokenizer: its newest checkpoint whose files match their manifest is
+    used, each newer damaged one skipped with a warning naming it; none whole is a one-line error."""
+    from wd_tokenizer.checkpoints import staged_checkpoint
+
+    from wd_cli.train.configfile import ConfigError
+    from wd_cli.train.tokenizer import vqgan_dir
+
+    run = tmp_path / "run"
+    for step in (1, 2):
+        with staged_checkpoint(run, step) as staging:
+            shutil.copytree(tiny_vqgan_dir, staging / "model")
+    assert vqgan_dir(run) == run / "checkpoints" / "step_0000002" / "model"
+    newest = run / "checkpoints" / "step_0000002" / "model" / "model.safetensors"
+    for damage, data in byte_damages(newest.read_bytes()):
+        newest.write_bytes(data)
+        with pytest.warns(UserWarning, match=r"skipping tokenizer checkpoint step_0000002: ") as caught:
+            assert vqgan_dir(run) == run / "checkpoints" / "step_0000001" / "model", damage
+        assert all("\n" not in str(warning.message) for warning in caught)
+    (run / "checkpoints" / "step_0000001" / "model" / "config.json").write_text("{}")
+    with pytest.warns(UserWarning), pytest.raises(ConfigError, match=f"no checkpoint of the tokenizer run {run} "
+                                                                     "is whole"):
+        vqgan_dir(run)

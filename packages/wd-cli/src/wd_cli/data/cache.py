@@ -82,7 +82,8 @@ def cache_source(source: SourceConfig, tokenizer: str, out_dir: str | Path, text
         raise ConfigError(f"a {source.kind} world is endless: give --samples N (the seeds 0..N-1)")
     opened = open_source(source, "SOURCE")
     target = _device(device)
-    vqgan = open_tokenizer(tokenizer, target, "--tokenizer")
+    tokenizer_dir = vqgan_dir(tokenizer)  # resolved once: a run's damaged newest checkpoint is reported once
+    vqgan = open_tokenizer(str(tokenizer_dir), target, "--tokenizer")
     encoder = None
     if text_encoder is not None:
         try:
@@ -91,7 +92,7 @@ def cache_source(source: SourceConfig, tokenizer: str, out_dir: str | Path, text
             raise ConfigError(f"--text-encoder: {' '.join(str(error).split())}") from None
     path = source.path if source.path is None or "{" in source.path else str(Path(source.path).resolve())
     metadata = {"codebook_size": vqgan.codebook_size, "downsample_factor": vqgan.downsample_factor,
-                "tokenizer": fingerprint(vqgan_dir(tokenizer)),
+                "tokenizer": fingerprint(tokenizer_dir),
                 "text_encoder": text_encoder and fingerprint(text_encoder),
                 "source": {"kind": source.kind, "path": path, "options": source.options}}
     write_token_cache(opened.dataset, vqgan.encode_video, out_dir, samples_per_shard=samples_per_shard,

@@ -4,13 +4,14 @@ source, then wd_tokenizer.train_vqgan (its loop, checkpoints and resume)."""
 from __future__ import annotations
 
 import dataclasses
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
 from wd_tokenizer import VQGAN, TrainConfig, frame_batches, get_config, train_vqgan
-from wd_tokenizer.checkpoints import checkpoint_dirs
+from wd_tokenizer.checkpoints import checkpoint_dirs, verify_checkpoint
 from wd_tokenizer.io import atomic_write_text
 from wd_tokenizer.runlock import hold_run_directory
 
@@ -43,12 +44,21 @@ class TokenizerRunConfig:
 
 
 def vqgan_dir(path: str | Path) -> Path:
-    """The VQGAN directory `path` names: the newest checkpoint's `model/` of a `wd train tokenizer` run, a
-    pipeline's `tokenizer/`, or `path` itself."""
+    """The VQGAN directory `path` names: the `model/` of a `wd train tokenizer` run's newest whole checkpoint (its
+    files match its manifest; each newer damaged one is skipped with a warning, ConfigError when none is whole),
+    a pipeline's `tokenizer/`, or `path` itself."""
     path = Path(path)
     checkpoints = checkpoint_dirs(path)
+    for checkpoint in checkpoints[::-1]:
+        try:
+            verify_checkpoint(checkpoint)
+        except (OSError, ValueError) as error:
+            warnings.warn(f"skipping tokenizer checkpoint {checkpoint.name}: {' '.join(str(error).split())}",
+                          stacklevel=2)
+            continue
+        return checkpoint / "model"
     if checkpoints:
-        return checkpoints[-1] / "model"
+        raise ConfigError(f"no checkpoint of the tokenizer run {path} is whole (see the warnings)")
     return path / "tokenizer" if (path / "tokenizer" / "config.json").is_file() else path
 
 
