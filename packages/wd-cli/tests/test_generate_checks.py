@@ -16,7 +16,7 @@ from click.testing import CliRunner
 
 from wd_cli.generate import GenerateArgs
 from wd_cli.limits import MemoryLimitError, generation_memory
-from wd_cli.windowing import SPAN_WINDOWS
+from wd_cli.windowing import SPAN_WINDOWS, LongVideo
 from wd_cli.main import cli
 from wd_cli.pipeline import WorldDreamerPipeline
 from wd_cli.validation import request_size
@@ -145,6 +145,29 @@ def test_rollouts_are_estimated_at_the_span_they_decode(tiny_pipeline, monkeypat
             call()
         given[task] = checked.value.args[0]
     assert given == {"text2video": 0, "image2video": 1, "predict": 3, "inpaint": None}
+
+
+def test_a_long_edit_co_decodes_fewer_windows_where_four_would_not_fit(tiny_pipeline, monkeypatch):
+    """Co-decoding's log-probabilities grow with the span: under a limit between the estimates of spans of two
+    and three windows, a long inpaint decodes two windows at a time instead of being refused; under one window's
+    estimate it is refused."""
+    window = tiny_pipeline.defaults.num_frames
+    frames = 2 * SPAN_WINDOWS * window
+    estimates = [generation_memory(tiny_pipeline, frames, span_windows=windows)
+                 for windows in range(1, SPAN_WINDOWS + 1)]
+    needs = [estimate.host + estimate.device for estimate in estimates]  # on a CPU: one pool
+    assert needs == sorted(set(needs))
+    spans = []
+    run = LongVideo.run
+    monkeypatch.setattr(LongVideo, "run", lambda video, sample, window, context, span: spans.append(span) or run(
+        video, sample, window, context, span))
+    video = np.zeros((frames, 32, 32, 3), dtype=np.uint8)
+    monkeypatch.setattr(tiny_pipeline, "memory_limit_gb", (needs[1] + needs[2]) / 2 / 1024**3)
+    assert len(tiny_pipeline.inpaint(video, box=(8, 8, 24, 24), steps=1).frames) == frames
+    assert spans == [2 * window]
+    monkeypatch.setattr(tiny_pipeline, "memory_limit_gb", 0.99 * needs[0] / 1024**3)
+    with pytest.raises(MemoryLimitError, match=f"{frames} frames of 32x32, {window}-frame spans"):
+        tiny_pipeline.inpaint(video, box=(8, 8, 24, 24), steps=1)
 
 
 @pytest.mark.parametrize("task, inputs, given", [("text2video", {}, 0), ("image2video", {"image": "x.png"}, 1),

@@ -2,7 +2,7 @@
 
 The estimate counts what grows with the request: one span's logits and sampler buffers (span frames x tokens per
 frame x codebook, twice with guidance, and co-decoding's sums and one window's log-probabilities; a rollout from
-`given_frames` leading frames gets the span its gap gets, a video task the longest span), the STPT's
+`given_frames` leading frames gets the span its gap gets, a video task the longest span that fits), the STPT's
 activations for one window, the VQGAN's decoder activations per chunk of frames, and the frames and tokens of the
 whole output (and of an input video). Weights already loaded are not counted. The limit is the memory available
 now (RAM, within a cgroup limit; free CUDA memory for the device part) unless `WD_MEMORY_LIMIT_GB`,
@@ -12,6 +12,7 @@ now (RAM, within a cgroup limit; free CUDA memory for the device part) unless `W
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -44,18 +45,18 @@ class MemoryEstimate:
 
 def generation_memory(pipeline: WorldDreamerPipeline, num_frames: int, guided: bool = True,
                       input_frames: tuple[int, int, int] | None = None,
-                      given_frames: int | None = None) -> MemoryEstimate:
+                      given_frames: int | None = None, span_windows: int = SPAN_WINDOWS) -> MemoryEstimate:
     """Estimate a request for `num_frames` output frames; `input_frames` = (count, height, width) of an input
     video (inpaint, stylize), read whole before it is fitted to the model's size. `given_frames`: a rollout from
     that many leading frames (0 for text-to-video), decoded in the spans `span_for_gap` gives its gap; None: a
-    task whose given tokens the estimate cannot see yet, counted at the longest span."""
+    task whose given tokens the estimate cannot see yet, counted at a span of `span_windows` windows."""
     defaults, config = pipeline.defaults, pipeline.stpt.config
     height, width, factor = defaults.height, defaults.width, pipeline.tokenizer.downsample_factor
     frame_tokens = (height // factor) * (width // factor)
     window = min(defaults.num_frames, num_frames) * frame_tokens
-    longest = SPAN_WINDOWS * defaults.num_frames
+    longest = span_windows * defaults.num_frames
     if given_frames is not None:
-        longest = span_for_gap(max(0, num_frames - given_frames), defaults.num_frames)
+        longest = span_for_gap(max(0, num_frames - given_frames), defaults.num_frames, span_windows)
     span_frames = min(longest, num_frames)
     span = span_frames * frame_tokens
     batch = 2 if guided else 1
@@ -117,15 +118,35 @@ def available_ram() -> int:
 
 def check_memory(estimate: MemoryEstimate, device: torch.device, limit_gb: float | None = None) -> None:
     """MemoryLimitError with the estimate and the limit when the request does not fit."""
+    problem = _overflow(estimate, device, limit_gb)
+    if problem is not None:
+        raise MemoryLimitError(problem)
+
+
+def widest_span(estimate: Callable[[int], MemoryEstimate], device: torch.device,
+                limit_gb: float | None = None) -> int:
+    """The most windows, from SPAN_WINDOWS down to 1, that a span may co-decode within the limit, given
+    `estimate(windows)`; MemoryLimitError (one window's estimate) when not even one window fits. Co-decoding's
+    log-probabilities grow with the span, so a long edit that does not fit four windows at once decodes fewer
+    together rather than being refused."""
+    for windows in range(SPAN_WINDOWS, 1, -1):
+        if _overflow(estimate(windows), device, limit_gb) is None:
+            return windows
+    check_memory(estimate(1), device, limit_gb)
+    return 1
+
+
+def _overflow(estimate: MemoryEstimate, device: torch.device, limit_gb: float | None) -> str | None:
+    """Why `estimate` does not fit under the limit, in one line; None when it fits."""
     host_limit, device_limit = memory_limit(device, limit_gb)
     needs = [(estimate.host + estimate.device, host_limit, "memory")] if device.type != "cuda" else [
         (estimate.host, host_limit, "CPU memory"), (estimate.device, device_limit, f"{device} memory")]
     for need, limit, kind in needs:
         if need > limit:
-            raise MemoryLimitError(
-                f"this request needs about {_size(need)} of {kind} ({estimate.what}), over the limit of "
-                f"{_size(limit)}; ask for fewer frames or a smaller size, or set the limit (--memory-limit, "
-                f"{ENV_LIMIT}, memory_limit_gb)")
+            return (f"this request needs about {_size(need)} of {kind} ({estimate.what}), over the limit of "
+                    f"{_size(limit)}; ask for fewer frames or a smaller size, or set the limit (--memory-limit, "
+                    f"{ENV_LIMIT}, memory_limit_gb)")
+    return None
 
 
 def _size(count: int) -> str:

@@ -26,7 +26,7 @@ from wd_tokenizer.fieldtypes import check_field_types
 
 from wd_cli.atomic import atomic_directory
 from wd_cli.devices import autocast, resolve_device, resolve_dtype
-from wd_cli.limits import MemoryLimitError, check_memory, generation_memory
+from wd_cli.limits import MemoryLimitError, generation_memory, widest_span
 from wd_cli.media import fit_frames, fit_inside, fit_mask
 from wd_cli.pipeline_file import PIPELINE_FILE, read_pipeline_file, write_pipeline_file
 from wd_cli.text_encoders import CachedTextEncoder, TextEncoder, load_text_encoder, unwrap
@@ -265,12 +265,13 @@ class WorldDreamerPipeline:
                                                if key not in ("num_frames", "seed", "callback")})
 
     def check_request(self, num_frames: int, guided: bool = True,
-                      input_frames: tuple[int, int, int] | None = None, given_frames: int | None = None) -> None:
+                      input_frames: tuple[int, int, int] | None = None, given_frames: int | None = None) -> int:
         """MemoryLimitError (a ValueError giving the estimate and the limit) when a request for `num_frames`
-        frames would not fit in memory (limits.py; `memory_limit_gb` overrides the limit). `given_frames`: a
-        rollout from that many leading frames (None: a video task, estimated at its longest span)."""
-        check_memory(generation_memory(self, num_frames, guided, input_frames, given_frames), self.device,
-                     self.memory_limit_gb)
+        frames would not fit in memory (limits.py; `memory_limit_gb` overrides the limit), even decoding one
+        window at a time; -> the most windows a span may co-decode within it. `given_frames`: a rollout from
+        that many leading frames (None: a video task)."""
+        return widest_span(lambda windows: generation_memory(self, num_frames, guided, input_frames, given_frames,
+                                                             windows), self.device, self.memory_limit_gb)
 
     def _model_fn(self, tokens: torch.Tensor, cond: STPTCondition) -> torch.Tensor:
         with autocast(self.device, self.dtype):
@@ -332,10 +333,11 @@ class WorldDreamerPipeline:
         self._check_memory(num_frames, options)
         return options
 
-    def _check_memory(self, num_frames: int, options: SamplingOptions, given_frames: int | None = None) -> None:
+    def _check_memory(self, num_frames: int, options: SamplingOptions, given_frames: int | None = None) -> int:
         """`check_request` for `num_frames` output frames under `options`. Every task passes here, through
-        `_length` (rollouts) or `_whole_video` (the rest), before it builds its tokens or samples anything."""
-        self.check_request(num_frames, self._config(options).guidance_scale > 0, given_frames=given_frames)
+        `_length` (rollouts) or `_whole_video` (the rest), before it builds its tokens or samples anything, and
+        `_generate` asks again for the span's windows."""
+        return self.check_request(num_frames, self._config(options).guidance_scale > 0, given_frames=given_frames)
 
     def _continue(
         self, frames: np.ndarray, prompt: str | None, actions: torch.Tensor | None, options: SamplingOptions
@@ -360,7 +362,8 @@ class WorldDreamerPipeline:
         video = LongVideo(tokens[0], known[0], actions)
         sample = self.window_sampler(prompt, **{key: value for key, value in options.items() if key != "num_frames"})
         window = self.defaults.num_frames
-        tokens = video.run(sample, window, self.defaults.context_frames, span_frames(known[0], window))
+        max_windows = self._check_memory(tokens.shape[1], options)  # what co-decoding may take, given the memory
+        tokens = video.run(sample, window, self.defaults.context_frames, span_frames(known[0], window, max_windows))
         return self._generation(tokens, known[0])
 
     def _generation(self, tokens: torch.Tensor, known: torch.Tensor) -> Generation:

@@ -53,8 +53,8 @@ ConditionFrames = Callable[[Any, int, int], Any]
 SPAN_WINDOWS = 4
 
 
-def span_frames(known: torch.Tensor, window: int) -> int:
-    """Frames to decode together for a video whose task gave `known` bool (T, h, w): `SPAN_WINDOWS` windows when
+def span_frames(known: torch.Tensor, window: int, max_windows: int = SPAN_WINDOWS) -> int:
+    """Frames to decode together for a video whose task gave `known` bool (T, h, w): `max_windows` windows when
     given tokens anchor every half window (inpainting, outpainting, stylization, interpolation between keyframes
     at most half a window apart), else one window. Rollouts (frames past the given ones) go window by window, each
     continuing from the last: co-decoded, their windows without a given frame followed the commanded turns less
@@ -63,13 +63,13 @@ def span_frames(known: torch.Tensor, window: int) -> int:
     for given in known.flatten(1).any(dim=1).tolist():
         run = 0 if given else run + 1
         longest = max(longest, run)
-    return span_for_gap(longest, window)
+    return span_for_gap(longest, window, max_windows)
 
 
-def span_for_gap(longest_unknown: int, window: int) -> int:
-    """`span_frames`' rule from the longest run of frames without a given token: `SPAN_WINDOWS` windows when it is
+def span_for_gap(longest_unknown: int, window: int, max_windows: int = SPAN_WINDOWS) -> int:
+    """`span_frames`' rule from the longest run of frames without a given token: `max_windows` windows when it is
     at most half a window, else one window."""
-    return SPAN_WINDOWS * window if longest_unknown <= window // 2 else window
+    return max_windows * window if longest_unknown <= window // 2 else window
 
 
 def window_starts(total: int, window: int) -> list[int]:
