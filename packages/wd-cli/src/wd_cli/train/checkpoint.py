@@ -11,8 +11,10 @@ restored, so resume can pass over a damaged one.
 
 from __future__ import annotations
 
+import warnings
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import torch
 import torch.distributed as dist
@@ -37,6 +39,7 @@ from wd_cli.train.parallel import DistributedEnv, any_rank
 TRAINER_STATE = "trainer_state.pt"
 STATE_KEYS = ("step", "optimizer", "scheduler", "data", "rng")
 FULL = StateDictOptions(full_state_dict=True, cpu_offload=True)
+Loaded = TypeVar("Loaded")
 
 
 def _rng_state(device: torch.device) -> dict[str, torch.Tensor]:
@@ -146,6 +149,17 @@ def apply_checkpoint(files: dict[str, Any], directory: Path, model: nn.Module, o
         if "cuda" in rng and env.device.type == "cuda":
             torch.cuda.set_rng_state(rng["cuda"], env.device)
     return state
+
+
+def newest_whole(checkpoints: Sequence[Path], load: Callable[[Path], Loaded], what: str, run: str) -> Loaded:
+    """`load` of the newest of `checkpoints` that loads. Each newer one that does not (OSError, ValueError: damaged)
+    is skipped with a one-line warning naming `what`; ConfigError naming `run` when none loads."""
+    for checkpoint in reversed(checkpoints):
+        try:
+            return load(checkpoint)
+        except (OSError, ValueError) as error:
+            warnings.warn(f"skipping {what} {checkpoint.name}: {' '.join(str(error).split())}", stacklevel=3)
+    raise ConfigError(f"no checkpoint of {run} is whole (see the warnings)")
 
 
 def stpt_weights_dir(path: str | Path) -> Path:

@@ -5,7 +5,6 @@ encoder and sampler defaults (`assemble_pipeline`, `wd convert pipeline`)."""
 from __future__ import annotations
 
 import dataclasses
-import warnings
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TypeVar
@@ -16,7 +15,7 @@ from wd_tokenizer.checkpoints import checkpoint_dirs, verify_checkpoint
 
 from wd_cli.pipeline import PIPELINE_FILE, PipelineDefaults, WorldDreamerPipeline
 from wd_cli.text_encoders import load_text_encoder, unwrap
-from wd_cli.train.checkpoint import stpt_weights_dir
+from wd_cli.train.checkpoint import newest_whole, stpt_weights_dir
 from wd_cli.train.config import STPTRunConfig
 from wd_cli.train.configfile import ConfigError, apply_overrides, from_dict, load_config
 from wd_cli.train.data import open_source
@@ -122,12 +121,7 @@ def newest_weights(run_dir: Path) -> STPT:
     checkpoints = checkpoint_dirs(run_dir)
     if not checkpoints:
         raise ConfigError(f"{run_dir} is a training run without a checkpoint yet")
-    for checkpoint in checkpoints[::-1]:
-        try:
-            return checked_weights(checkpoint)
-        except (OSError, ValueError) as error:
-            warnings.warn(f"skipping checkpoint {checkpoint.name}: {error}", stacklevel=2)
-    raise ConfigError(f"no checkpoint of {run_dir} is whole (see the warnings)")
+    return newest_whole(checkpoints, checked_weights, "checkpoint", str(run_dir))
 
 
 def export_run(run_dir: str | Path, out_dir: str | Path, tokenizer: str | None = None,

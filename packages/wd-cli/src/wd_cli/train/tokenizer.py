@@ -4,7 +4,6 @@ source, then wd_tokenizer.train_vqgan (its loop, checkpoints and resume)."""
 from __future__ import annotations
 
 import dataclasses
-import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -16,6 +15,7 @@ from wd_tokenizer.io import atomic_write_text
 from wd_tokenizer.runlock import hold_run_directory
 
 from wd_cli.devices import prefers_bf16
+from wd_cli.train.checkpoint import newest_whole
 from wd_cli.train.config import SourceConfig
 from wd_cli.train.configfile import ConfigError, dump_yaml
 from wd_cli.train.data import open_source
@@ -43,22 +43,19 @@ class TokenizerRunConfig:
                 raise ConfigError(f"{key}: must be >= 1, got {getattr(self, key)}")
 
 
+def _whole_model(checkpoint: Path) -> Path:
+    verify_checkpoint(checkpoint)
+    return checkpoint / "model"
+
+
 def vqgan_dir(path: str | Path) -> Path:
     """The VQGAN directory `path` names: the `model/` of a `wd train tokenizer` run's newest whole checkpoint (its
     files match its manifest; each newer damaged one is skipped with a warning, ConfigError when none is whole),
     a pipeline's `tokenizer/`, or `path` itself."""
     path = Path(path)
     checkpoints = checkpoint_dirs(path)
-    for checkpoint in checkpoints[::-1]:
-        try:
-            verify_checkpoint(checkpoint)
-        except (OSError, ValueError) as error:
-            warnings.warn(f"skipping tokenizer checkpoint {checkpoint.name}: {' '.join(str(error).split())}",
-                          stacklevel=2)
-            continue
-        return checkpoint / "model"
     if checkpoints:
-        raise ConfigError(f"no checkpoint of the tokenizer run {path} is whole (see the warnings)")
+        return newest_whole(checkpoints, _whole_model, "tokenizer checkpoint", f"the tokenizer run {path}")
     return path / "tokenizer" if (path / "tokenizer" / "config.json").is_file() else path
 
 
