@@ -4,8 +4,11 @@ The quickstart trains its STPT for what its deadline leaves (~2,500 steps on the
 same recipe (`wd_cli.quickstart.stpt_run_config`: model, masks, source weights, optimizer; bf16 where the CPU
 prefers it) on a finished quickstart's tokenizer and token caches for `--steps` steps, learning rate decayed over
 all of them, keeps a checkpoint every `--every` steps, and evaluates each as the quickstart does (its held-out
-clips and sampling). The checkpoints before the last are not annealed, so they understate what a run of that
-length would reach. `--batch` and `--lr` try other micro-batches at the same recipe otherwise.
+clips and sampling). The checkpoints before the last are not annealed, so they understate what a run of that length
+would reach. `--batch`, `--lr`, `--ema`, `--masks`, `--width`, `--depth` and `--heads` try other micro-batches,
+learning rates, weight averages, mask mixtures and model shapes at the same recipe otherwise; `--minutes` trains to
+a time budget as the quickstart does (learning rate annealed by whichever of steps and time runs out first), to
+compare recipes at equal time.
 
 Run (nothing else on the machine; ~26 min of training at the defaults, ~1 min per evaluation):
     uv run wd quickstart --out wd-quickstart          # once, for its tokenizer and caches
@@ -45,6 +48,14 @@ def main() -> None:
     parser.add_argument("--every", type=int, default=2_500)
     parser.add_argument("--batch", type=int, default=None, help="micro-batch (default: the quickstart's)")
     parser.add_argument("--lr", type=float, default=None, help="peak learning rate (default: the quickstart's)")
+    parser.add_argument("--ema", type=float, default=None, help="EMA decay of the weights (default: the quickstart's)")
+    parser.add_argument("--masks", type=float, nargs=3, default=None, metavar=("SHARED", "PREFIX", "BOX"),
+                        help="mask mixture weights (default: the quickstart's)")
+    parser.add_argument("--minutes", type=float, default=None,
+                        help="train to this time budget instead (as the quickstart does; --steps is then a cap)")
+    parser.add_argument("--width", type=int, default=None, help="STPT width (default: the quickstart's)")
+    parser.add_argument("--depth", type=int, default=None, help="STPT depth (default: the quickstart's)")
+    parser.add_argument("--heads", type=int, default=None, help="attention heads (default: the quickstart's)")
     parser.add_argument("--seed", type=int, default=0, help="the quickstart's --seed (its text encoder's)")
     parser.add_argument("--clips", type=int, default=32, help="held-out clips per task")
     parser.add_argument("--quick", action="store_true")
@@ -54,15 +65,23 @@ def main() -> None:
     config = QuickstartConfig(out_dir=args.quickstart, seed=args.seed)
     caches = [args.quickstart / "caches" / "shapes", args.quickstart / "caches" / "drive"]
     run = stpt_run_config(config, caches, minutes=1.0)
-    run.train = dataclasses.replace(run.train, steps=steps, time_budget_minutes=None)
+    run.train = dataclasses.replace(run.train, steps=steps, time_budget_minutes=args.minutes)
     run.checkpoint = dataclasses.replace(run.checkpoint, every=every, keep=steps // every + 1)
     if args.batch is not None:
         run.data = dataclasses.replace(run.data, batch_size=args.batch)
     if args.lr is not None:
         run.optim = dataclasses.replace(run.optim, lr=args.lr)
+    if args.masks is not None:
+        shared, prefix, box = args.masks
+        run.loss = dataclasses.replace(run.loss, mask_shared=shared, mask_prefix=prefix, mask_box=box)
+    if args.ema is not None:
+        run.optim = dataclasses.replace(run.optim, ema_decay=args.ema)
+    shape = {"width": args.width, "depth": args.depth, "num_heads": args.heads}
+    run.model.overrides.update({name: value for name, value in shape.items() if value is not None})
     start = time.monotonic()
     train_stpt(run, args.out, progress=not args.quick)
-    print(f"trained {steps} steps of batch {run.data.batch_size} in {(time.monotonic() - start) / 60:.1f} min")
+    trained = int(checkpoint_dirs(args.out)[-1].name[len("step_"):])
+    print(f"trained {trained} steps of batch {run.data.batch_size} in {(time.monotonic() - start) / 60:.1f} min")
 
     tokenizer = VQGAN.from_pretrained(args.quickstart / "tokenizer").eval()
     defaults = PipelineDefaults(**SAMPLING, num_frames=config.num_frames, height=config.size, width=config.size,

@@ -124,8 +124,11 @@ TOKENIZER_TRAINING = dict(lr=5e-4, betas=(0.9, 0.99), weight_decay=0.0, batch_si
 # patch_stride 2: the paper's windows (a quarter of each frame). One window per clip (stride 1) kept shapes better
 # at equal steps but costs 1.4x per step, and within the quickstart's minutes it lost on PSNR (docs/benchmarks.md,
 # quickstart section).
+# Width against depth and the peak learning rate, each at equal time on one quickstart's caches: width 256 at depth
+# 2, width 192 and depth 6 all lost; 4e-3 and 2e-3 (the first build's) lost image-to-video's track to 1e-3 and 5e-4,
+# and 5e-4 kept shapes best (docs/benchmarks.md, "Model shape and learning rate").
 STPT_MODEL = dict(width=128, depth=4, num_heads=4, action_dim=2, patch_stride=2)
-STPT_TRAINING = dict(lr=2e-3, warmup_steps=100, batch_size=8, max_steps=20_000)
+STPT_TRAINING = dict(lr=5e-4, warmup_steps=100, batch_size=8, max_steps=20_000)
 # Micro-batches per cache: image-to-video's motion needs more steps than action-to-video's turns (1:1 lost
 # to copying the first frame in two of three runs, 2:1 left the turns unlearnt in one of three).
 SOURCE_WEIGHTS = {"shapes": 1.5, "drive": 1.0}
