@@ -31,7 +31,7 @@ from wd_cli.text_encoders import HashTextEncoder
 from wd_cli.train import train_stpt
 from wd_cli.train.export import checked_weights
 from wd_tokenizer import VQGAN
-from wd_tokenizer.checkpoints import checkpoint_dirs
+from wd_tokenizer.checkpoints import checkpoint_dirs, checkpoint_step
 
 TASKS = ["image2video", "inpaint", "text2video", "stylize", "action2video"]
 # Table columns: (heading, start of the metric's name).
@@ -80,7 +80,7 @@ def main() -> None:
     run.model.overrides.update({name: value for name, value in shape.items() if value is not None})
     start = time.monotonic()
     train_stpt(run, args.out, progress=not args.quick)
-    trained = int(checkpoint_dirs(args.out)[-1].name[len("step_"):])
+    trained = checkpoint_step(checkpoint_dirs(args.out)[-1])
     print(f"trained {trained} steps of batch {run.data.batch_size} in {(time.monotonic() - start) / 60:.1f} min")
 
     tokenizer = VQGAN.from_pretrained(args.quickstart / "tokenizer").eval()
@@ -95,7 +95,7 @@ def main() -> None:
                                     progress=False)
         values = [next((f"{m.value:.2f}" for m in metrics if m.name.startswith(prefix)), "-")
                   for _, prefix in COLUMNS]
-        print(f"| {int(checkpoint.name[len('step_'):]):,} | " + " | ".join(values) + " |", flush=True)
+        print(f"| {checkpoint_step(checkpoint):,} | " + " | ".join(values) + " |", flush=True)
 
 
 if __name__ == "__main__":

@@ -10,7 +10,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from wd_tokenizer.checkpoints import checkpoint_dirs, remove_leftovers
+from wd_tokenizer.checkpoints import checkpoint_dirs, checkpoint_step, remove_leftovers
 
 from wd_cli.train.checkpoint import read_checkpoint
 
@@ -102,7 +102,7 @@ def _check_left_state(run: Path) -> list[str]:
     listed = checkpoint_dirs(run)
     for directory in listed:
         read_checkpoint(directory, with_ema=False)  # raises on anything half-written
-    assert int(listed[-1].name[len("step_"):]) >= 2, listed
+    assert checkpoint_step(listed[-1]) >= 2, listed
     remove_leftovers(run)
     left = sorted(path.name for path in (run / "checkpoints").iterdir())
     assert all(name.startswith("step_") for name in left), left

@@ -33,12 +33,17 @@ class CheckpointWriteError(OSError):
     failed save is left behind."""
 
 
+def checkpoint_step(directory: str | Path) -> int:
+    """The training step of a checkpoint directory named `step_XXXXXXX`."""
+    return int(Path(directory).name[len("step_"):])
+
+
 def checkpoint_dirs(run_dir: str | Path) -> list[Path]:
     """Complete checkpoints, oldest first (incomplete or discarded ones have dot names and are never listed)."""
     folder = Path(run_dir) / "checkpoints"
     found = [path for path in folder.glob("step_*") if _STEP_NAME.fullmatch(path.name) and path.is_dir()]
     # By number: past 9,999,999 steps the zero-padded names no longer sort as text.
-    return sorted(found, key=lambda path: int(path.name[len("step_"):]))
+    return sorted(found, key=checkpoint_step)
 
 
 def remove_leftovers(run_dir: str | Path) -> list[Path]:
