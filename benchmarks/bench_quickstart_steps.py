@@ -6,9 +6,10 @@ prefers it) on a finished quickstart's tokenizer and token caches for `--steps` 
 all of them, keeps a checkpoint every `--every` steps, and evaluates each as the quickstart does (its held-out
 clips and sampling). The checkpoints before the last are not annealed, so they understate what a run of that length
 would reach. `--batch`, `--lr`, `--ema`, `--masks`, `--width`, `--depth` and `--heads` try other micro-batches,
-learning rates, weight averages, mask mixtures and model shapes at the same recipe otherwise; `--minutes` trains to
-a time budget as the quickstart does (learning rate annealed by whichever of steps and time runs out first), to
-compare recipes at equal time.
+learning rates, weight averages, mask mixtures and model shapes at the same recipe otherwise, and `--set` any other
+field of the run's config as `wd train stpt` overrides it (`--set optim.min_lr_ratio=0 --set data.sources.0.weight=2`);
+`--minutes` trains to a time budget as the quickstart does (learning rate annealed by whichever of steps and time
+runs out first), to compare recipes at equal time.
 
 Run (nothing else on the machine; ~26 min of training at the defaults, ~1 min per evaluation):
     uv run wd quickstart --out wd-quickstart          # once, for its tokenizer and caches
@@ -29,6 +30,8 @@ from wd_cli.pipeline import PipelineDefaults, WorldDreamerPipeline
 from wd_cli.quickstart import CONTEXT_FRAMES, SAMPLING, QuickstartConfig, stpt_run_config
 from wd_cli.text_encoders import HashTextEncoder
 from wd_cli.train import train_stpt
+from wd_cli.train.config import STPTRunConfig
+from wd_cli.train.configfile import apply_overrides, from_dict, to_plain
 from wd_cli.train.export import checked_weights
 from wd_tokenizer import VQGAN
 from wd_tokenizer.checkpoints import checkpoint_dirs, checkpoint_step
@@ -56,6 +59,8 @@ def main() -> None:
     parser.add_argument("--width", type=int, default=None, help="STPT width (default: the quickstart's)")
     parser.add_argument("--depth", type=int, default=None, help="STPT depth (default: the quickstart's)")
     parser.add_argument("--heads", type=int, default=None, help="attention heads (default: the quickstart's)")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", dest="overrides",
+                        help="override a field of the run's config, as `wd train stpt` does (repeatable)")
     parser.add_argument("--seed", type=int, default=0, help="the quickstart's --seed (its text encoder's)")
     parser.add_argument("--clips", type=int, default=32, help="held-out clips per task")
     parser.add_argument("--quick", action="store_true")
@@ -78,6 +83,7 @@ def main() -> None:
         run.optim = dataclasses.replace(run.optim, ema_decay=args.ema)
     shape = {"width": args.width, "depth": args.depth, "num_heads": args.heads}
     run.model.overrides.update({name: value for name, value in shape.items() if value is not None})
+    run = from_dict(STPTRunConfig, apply_overrides(to_plain(run), args.overrides))
     start = time.monotonic()
     train_stpt(run, args.out, progress=not args.quick)
     trained = checkpoint_step(checkpoint_dirs(args.out)[-1])
