@@ -5,11 +5,11 @@ same recipe (`wd_cli.quickstart.stpt_run_config`: model, masks, source weights, 
 prefers it) on a finished quickstart's tokenizer and token caches for `--steps` steps, learning rate decayed over
 all of them, keeps a checkpoint every `--every` steps, and evaluates each as the quickstart does (its held-out
 clips and sampling). The checkpoints before the last are not annealed, so they understate what a run of that length
-would reach. `--batch`, `--lr`, `--ema`, `--masks`, `--width`, `--depth` and `--heads` try other micro-batches,
-learning rates, weight averages, mask mixtures and model shapes at the same recipe otherwise, and `--set` any other
-field of the run's config as `wd train stpt` overrides it (`--set optim.min_lr_ratio=0 --set data.sources.0.weight=2`);
-`--minutes` trains to a time budget as the quickstart does (learning rate annealed by whichever of steps and time
-runs out first), to compare recipes at equal time.
+would reach. `--batch` and `--lr` try other micro-batches and learning rates at the same recipe otherwise, and
+`--set` any other field of the run's config as `wd train stpt` overrides it (`--set optim.ema_decay=0.999`,
+`--set model.overrides.width=256`, `--set loss.mask_shared=0.5`, `--set data.sources.0.weight=2`); `--minutes`
+trains to a time budget as the quickstart does (learning rate annealed by whichever of steps and time runs out
+first), to compare recipes at equal time.
 
 Run (nothing else on the machine; ~26 min of training at the defaults, ~1 min per evaluation):
     uv run wd quickstart --out wd-quickstart          # once, for its tokenizer and caches
@@ -51,14 +51,8 @@ def main() -> None:
     parser.add_argument("--every", type=int, default=2_500)
     parser.add_argument("--batch", type=int, default=None, help="micro-batch (default: the quickstart's)")
     parser.add_argument("--lr", type=float, default=None, help="peak learning rate (default: the quickstart's)")
-    parser.add_argument("--ema", type=float, default=None, help="EMA decay of the weights (default: the quickstart's)")
-    parser.add_argument("--masks", type=float, nargs=3, default=None, metavar=("SHARED", "PREFIX", "BOX"),
-                        help="mask mixture weights (default: the quickstart's)")
     parser.add_argument("--minutes", type=float, default=None,
                         help="train to this time budget instead (as the quickstart does; --steps is then a cap)")
-    parser.add_argument("--width", type=int, default=None, help="STPT width (default: the quickstart's)")
-    parser.add_argument("--depth", type=int, default=None, help="STPT depth (default: the quickstart's)")
-    parser.add_argument("--heads", type=int, default=None, help="attention heads (default: the quickstart's)")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", dest="overrides",
                         help="override a field of the run's config, as `wd train stpt` does (repeatable)")
     parser.add_argument("--seed", type=int, default=0, help="the quickstart's --seed (its text encoder's)")
@@ -76,13 +70,6 @@ def main() -> None:
         run.data = dataclasses.replace(run.data, batch_size=args.batch)
     if args.lr is not None:
         run.optim = dataclasses.replace(run.optim, lr=args.lr)
-    if args.masks is not None:
-        shared, prefix, box = args.masks
-        run.loss = dataclasses.replace(run.loss, mask_shared=shared, mask_prefix=prefix, mask_box=box)
-    if args.ema is not None:
-        run.optim = dataclasses.replace(run.optim, ema_decay=args.ema)
-    shape = {"width": args.width, "depth": args.depth, "num_heads": args.heads}
-    run.model.overrides.update({name: value for name, value in shape.items() if value is not None})
     run = from_dict(STPTRunConfig, apply_overrides(to_plain(run), args.overrides))
     start = time.monotonic()
     train_stpt(run, args.out, progress=not args.quick)
