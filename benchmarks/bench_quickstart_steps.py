@@ -45,7 +45,7 @@ COLUMNS = [("i2v dB", "image2video PSNR"), ("i2v px", "image2video position"), (
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("quickstart", type=Path, help="a finished quickstart's --out (tokenizer/, caches/)")
+    parser.add_argument("quickstart", type=Path, help="a finished quickstart's --out (tokenizer/, caches/, pipeline/)")
     parser.add_argument("--out", type=Path, required=True, help="the training run's directory (resumed if there)")
     parser.add_argument("--steps", type=int, default=10_000)
     parser.add_argument("--every", type=int, default=2_500)
@@ -55,13 +55,15 @@ def main() -> None:
                         help="train to this time budget instead (as the quickstart does; --steps is then a cap)")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", dest="overrides",
                         help="override a field of the run's config, as `wd train stpt` does (repeatable)")
-    parser.add_argument("--seed", type=int, default=0, help="the quickstart's --seed (its text encoder's)")
     parser.add_argument("--clips", type=int, default=32, help="held-out clips per task")
     parser.add_argument("--quick", action="store_true")
     args = parser.parse_args()
     steps, every, clips = (40, 20, 2) if args.quick else (args.steps, args.every, args.clips)
 
-    config = QuickstartConfig(out_dir=args.quickstart, seed=args.seed)
+    # The text encoder the caches' captions were embedded with (the quickstart's seed picks its word vectors, and
+    # an encoder of another seed turns every prompt into noise); the training seed is the quickstart's too.
+    text_encoder = HashTextEncoder.from_pretrained(args.quickstart / "pipeline" / "text_encoder")
+    config = QuickstartConfig(out_dir=args.quickstart, seed=text_encoder.seed)
     caches = [args.quickstart / "caches" / "shapes", args.quickstart / "caches" / "drive"]
     run = stpt_run_config(config, caches, minutes=1.0)
     run.train = dataclasses.replace(run.train, steps=steps, time_budget_minutes=args.minutes)
@@ -79,7 +81,6 @@ def main() -> None:
     tokenizer = VQGAN.from_pretrained(args.quickstart / "tokenizer").eval()
     defaults = PipelineDefaults(**SAMPLING, num_frames=config.num_frames, height=config.size, width=config.size,
                                 fps=config.shapes.fps, context_frames=CONTEXT_FRAMES)
-    text_encoder = HashTextEncoder(dim=config.text_dim, seed=config.seed)
     print("| steps | " + " | ".join(heading for heading, _ in COLUMNS) + " |")
     print("|---" * (len(COLUMNS) + 1) + "|")
     for checkpoint in checkpoint_dirs(args.out):
