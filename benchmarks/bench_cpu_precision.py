@@ -15,7 +15,6 @@ Run (nothing else on the machine): uv run python benchmarks/bench_cpu_precision.
 from __future__ import annotations
 
 import argparse
-import math
 import time
 from collections.abc import Callable
 
@@ -123,11 +122,11 @@ def main() -> None:
         cases = {"quickstart STPT": (stpt_step(32, 1, 2, 1, 2, 4, 4, 64), 2 * 4 * 4 * 4, "tokens"),
                  "quickstart tokenizer": (tokenizer_step(TOKENIZER, 2, 16, **TOKENIZER_OVERRIDES), 2, "frames")}
     else:
-        codes = math.prod(TOKENIZER_OVERRIDES["fsq_levels"])  # the quickstart's codebook
-        width, depth, heads = STPT_MODEL["width"], STPT_MODEL["depth"], STPT_MODEL["num_heads"]
+        codes = tokenizer_config(TOKENIZER, **TOKENIZER_OVERRIDES).codebook_size  # the quickstart's codebook
+        width, depth, heads, stride = (STPT_MODEL[key] for key in ("width", "depth", "num_heads", "patch_stride"))
         cases = {
-            f"quickstart STPT (w{width}, d{depth}, patch stride 2, {codes} codes, batch 8 x 8 x 8 x 8)":
-                (stpt_step(width, depth, heads, 2, 8, 8, 8, codes), 8 * 8 * 8 * 8, "tokens"),
+            f"quickstart STPT (w{width}, d{depth}, patch stride {stride}, {codes} codes, batch 8 x 8 x 8 x 8)":
+                (stpt_step(width, depth, heads, stride, 8, 8, 8, codes), 8 * 8 * 8 * 8, "tokens"),
             "the same, one window per clip (patch stride 1)":
                 (stpt_step(width, depth, heads, 1, 8, 8, 8, codes), 8 * 8 * 8 * 8, "tokens"),
             "base (w512, d8, 8,192 codes, batch 2 x 8 x 16 x 16)":
@@ -143,10 +142,11 @@ def main() -> None:
     print("|---|---|---|---|---|---|")
     for name, (_, amount, unit) in cases.items():
         rate = {precision: amount / best[name, precision] for precision in PRECISIONS if (name, precision) in best}
-        weights = rate.get("bf16 weights")
-        print(f"| {name} | {rate['fp32']:.0f} {unit} | {rate['bf16']:.0f} {unit} | "
-              + ("-" if weights is None else f"{weights:.0f} {unit}") + f" | {rate['bf16'] / rate['fp32']:.2f}x | "
-              + ("-" if weights is None else f"{weights / rate['bf16']:.2f}x") + " |")
+        fp32, bf16, weights = rate["fp32"], rate["bf16"], rate.get("bf16 weights")
+        weights_cells = ("-", "-") if weights is None else (f"{weights:.0f} {unit}", f"{weights / bf16:.2f}x")
+        print(f"| {name} | {fp32:.0f} {unit} | {bf16:.0f} {unit} | {weights_cells[0]} | {bf16 / fp32:.2f}x | "
+              f"{weights_cells[1]} |")
+
 
 if __name__ == "__main__":
     main()

@@ -77,11 +77,15 @@ class VQGANConfig:
                              f"{self.dropout}, {self.commitment_weight}, {self.ema_decay}")
         if self.fsq_levels is not None and min(self.fsq_levels, default=0) < 2:
             raise ValueError(f"fsq_levels must be a non-empty list of levels >= 2, got {self.fsq_levels}")
-        codes = math.prod(self.fsq_levels) if self.quantizer == "fsq" and self.fsq_levels else self.num_embeddings
-        if codes > MAX_CODEBOOK:
-            raise ValueError(f"a codebook of {codes} codes is past MAX_CODEBOOK = {MAX_CODEBOOK}")
+        if self.codebook_size > MAX_CODEBOOK:
+            raise ValueError(f"a codebook of {self.codebook_size} codes is past MAX_CODEBOOK = {MAX_CODEBOOK}")
         if self.encoder not in ("conv", "patch"):
             raise ValueError(f"encoder must be 'conv' or 'patch', got {self.encoder!r}")
+
+    @property
+    def codebook_size(self) -> int:
+        """Codes the quantizer has: prod(fsq_levels) for "fsq", else num_embeddings."""
+        return math.prod(self.fsq_levels) if self.quantizer == "fsq" and self.fsq_levels else self.num_embeddings
 
     @property
     def downsample_factor(self) -> int:

@@ -8,7 +8,6 @@ about a second that loading an open-muse checkpoint does not need.
 
 from __future__ import annotations
 
-import math
 from typing import TYPE_CHECKING
 
 import torch
@@ -91,7 +90,7 @@ class FSQQuantizer(nn.Module):
         super().__init__()
         if not config.fsq_levels:
             raise ValueError("quantizer 'fsq' needs fsq_levels, e.g. [8, 8, 8, 5, 5, 5] for 64000 codes")
-        self.codebook_size = math.prod(config.fsq_levels)
+        self.codebook_size = config.codebook_size
         self.fsq = FSQ(levels=list(config.fsq_levels), dim=config.embed_dim, channel_first=True)
 
     def codes(self, ids: torch.Tensor) -> torch.Tensor:
