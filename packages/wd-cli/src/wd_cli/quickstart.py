@@ -146,8 +146,8 @@ SOURCE_WEIGHTS = {"shapes": 1.5, "drive": 1.0}
 # missing: position error and text2video colour + shape got worse on two of three (docs/benchmarks.md).
 # Guidance 1.5, not 2: with 125 codes, on the validation clips of four quickstart pipelines, it grew the shapes
 # less (image-to-video +0.56 dB, shape IoU +0.025), kept text2video and stylization, and cost 0.2 px of position
-# error; 1 and 0.5 lost the track or text2video. On the held-out clips of five pipelines image-to-video's two goals
-# held together on three at 1.5, on one at 2 (docs/benchmarks.md, "Guidance at 125 codes").
+# error; 1 and 0.5 lost the track or text2video. On the held-out clips of six pipelines image-to-video's two goals
+# held together on four at 1.5, on two at 2 (docs/benchmarks.md, "Guidance at 125 codes").
 SAMPLING = dict(steps=10, guidance_scale=1.5, temperature=0.7, choice_temperature=2.0, stylize_mask_ratio=0.75)
 CONTEXT_FRAMES = 2  # rollout windows (and spans of long edits) continue from the last 2 frames
 # Held-out clips of the tasks past the paper's five, fewer than `eval_clips` (at most that many): each clip costs
