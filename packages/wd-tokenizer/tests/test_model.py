@@ -18,11 +18,12 @@ def test_open_muse_preset_has_its_parameter_count():
     assert model.quantize.embedding.weight.shape == (8192, 64)
 
 
-SMALL_PRESETS = ["f4-small", "f4-patch", "f8-small", "f16-small"]
+# The CPU-sized presets and their downsampling factors.
+SMALL_PRESETS = {"f4-small": 4, "f4-patch": 4, "f8-small": 8, "f16-small": 16}
 
 
 # Levels from 3: vector-quantize-pytorch's FSQ refuses a level of 2 without preserve_symmetry.
-@given(levels=st.lists(st.integers(3, 8), min_size=1, max_size=4), preset=st.sampled_from(SMALL_PRESETS))
+@given(levels=st.lists(st.integers(3, 8), min_size=1, max_size=4), preset=st.sampled_from(sorted(SMALL_PRESETS)))
 @settings(max_examples=20, deadline=None)
 def test_config_codebook_size_is_the_quantizers(levels, preset):
     """The size a config promises (what callers read without building a model) is the one its quantizer has."""
@@ -32,7 +33,7 @@ def test_config_codebook_size_is_the_quantizers(levels, preset):
     assert fsq.codebook_size == int(torch.tensor(levels).prod())
 
 
-@pytest.mark.parametrize("name,factor", [("f4-small", 4), ("f4-patch", 4), ("f8-small", 8), ("f16-small", 16)])
+@pytest.mark.parametrize("name,factor", SMALL_PRESETS.items())
 def test_small_presets_are_cpu_sized(name, factor):
     model = VQGAN(get_config(name))
     assert 200_000 < sum(p.numel() for p in model.parameters()) < 5_000_000
