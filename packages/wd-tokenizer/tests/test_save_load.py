@@ -79,7 +79,8 @@ def test_from_pretrained_errors_name_the_file(tiny_model, tmp_path):
     ("norm_groups", 0, "norm_groups out of range"),
     ("channel_mult", [], "channel_mult out of range"),
     ("dropout", 1.0, "dropout must be in [0, 1)"),
-    ("fsq_levels", [8, 1], "fsq_levels must be a non-empty list of levels >= 2"),
+    ("fsq_levels", [8, 1], "fsq_levels must be a non-empty list of levels >= 3"),
+    ("fsq_levels", [8, 2], "fsq_levels must be a non-empty list of levels >= 3"),
 ])
 def test_config_json_types_and_ranges_are_one_line_errors_naming_the_file(tiny_model, tmp_path, field, value,
                                                                           message):

@@ -129,8 +129,8 @@ TOKENIZER = "f4-patch"
 TOKENIZER_OVERRIDES = dict(fsq_levels=[5, 5, 5])
 TOKENIZER_TRAINING = dict(lr=5e-4, betas=(0.9, 0.99), weight_decay=0.0, batch_size=8, max_steps=4000)
 # patch_stride 2: the paper's windows (a quarter of each frame). One window per clip (stride 1) kept shapes better
-# at equal steps but costs 1.4x per step, and within the quickstart's minutes it lost on PSNR (docs/benchmarks.md,
-# quickstart section).
+# at equal steps but costs 1.4x per step, and within the quickstart's minutes it lost on PSNR, and at 125 codes on
+# every number (docs/benchmarks.md, quickstart section).
 # Width against depth and the peak learning rate, each at equal time on one quickstart's caches: width 256 at depth
 # 2, width 192 and depth 6 all lost; 4e-3 and 2e-3 (the first build's) lost image-to-video's track to 1e-3 and 5e-4,
 # and 5e-4 kept shapes best (docs/benchmarks.md, "Model shape and learning rate").

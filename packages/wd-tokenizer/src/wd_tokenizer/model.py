@@ -75,8 +75,9 @@ class VQGANConfig:
         if not 0 <= self.dropout < 1 or self.commitment_weight < 0 or not 0 <= self.ema_decay <= 1:
             raise ValueError(f"dropout must be in [0, 1), commitment_weight >= 0 and ema_decay in [0, 1], got "
                              f"{self.dropout}, {self.commitment_weight}, {self.ema_decay}")
-        if self.fsq_levels is not None and min(self.fsq_levels, default=0) < 2:
-            raise ValueError(f"fsq_levels must be a non-empty list of levels >= 2, got {self.fsq_levels}")
+        # vector-quantize-pytorch's FSQ takes a level of 2 only with its symmetric variant, which wd does not use.
+        if self.fsq_levels is not None and min(self.fsq_levels, default=0) < 3:
+            raise ValueError(f"fsq_levels must be a non-empty list of levels >= 3, got {self.fsq_levels}")
         if self.codebook_size > MAX_CODEBOOK:
             raise ValueError(f"a codebook of {self.codebook_size} codes is past MAX_CODEBOOK = {MAX_CODEBOOK}")
         if self.encoder not in ("conv", "patch"):
