@@ -12,11 +12,12 @@ import pytest
 from click.testing import CliRunner
 from hypothesis import given
 from hypothesis import strategies as st
-from wd_data.synthetic import PALETTE, DriveWorld, ShapesWorld, colour_mask, eval_seeds
+from wd_data.synthetic import BACKGROUND, PALETTE, DriveWorld, ShapesWorld, colour_mask, eval_seeds
 
 from wd_cli.evaluation import (
     EvalConfig,
     Metric,
+    _dominant_shape,
     action_to_video_metrics,
     aligned_iou,
     blend_keyframes,
@@ -121,6 +122,28 @@ def test_bootstrap_interval_narrows_with_more_clips() -> None:
     assert widths[0] > widths[1] > widths[2] > 0
     assert bootstrap_interval(hits(128))[0] == pytest.approx(0.5 - 1.96 * 0.5 / np.sqrt(128), abs=0.03)
     assert bootstrap_interval([3.0, 3.0, 3.0]) == (3.0, 3.0)
+
+
+def _drawn(kind: str, colour: str) -> np.ndarray:
+    """A 32x32 frame of the shapes world's background with one shape: an 8x8 square or a disc of radius 5."""
+    frame = np.full((32, 32, 3), BACKGROUND, dtype=np.uint8)
+    rows, cols = np.indices((32, 32))
+    if kind == "square":
+        inside = (abs(rows - 15.5) < 4) & (abs(cols - 15.5) < 4)
+    else:
+        inside = np.hypot(rows - 16, cols - 16) <= 5
+    frame[inside] = PALETTE[colour]
+    return frame
+
+
+@pytest.mark.parametrize("first", ["square", "circle"])
+def test_a_kind_tie_goes_to_the_kind_seen_first(first: str) -> None:
+    """Two frames of each kind: the first one seen wins, whatever the process's string hashes (a tie broken by
+    set order moved one clip's text2video score between runs of the same pipeline)."""
+    second = "circle" if first == "square" else "square"
+    frames = np.stack([_drawn(first, "red")] * 2 + [_drawn(second, "red")] * 2)
+    assert _dominant_shape(frames) == ("red", first)
+    assert _dominant_shape(frames[1:]) == ("red", second)  # one of the first kind, two of the second
 
 
 def test_aligned_iou_measures_form_not_place() -> None:

@@ -15,6 +15,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+from collections import Counter
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -515,7 +516,7 @@ def long_rollout_metrics(pipe: WorldDreamerPipeline, config: EvalConfig, progres
 
 def _dominant_shape(frames: np.ndarray) -> tuple[str, str] | None:
     """(colour, kind) of the palette colour with the most pixels over the clip, its kind the most frequent
-    one detected for it; None when no shape is found."""
+    one detected for it (of kinds detected equally often, the one seen first); None when no shape is found."""
     pixels: dict[str, int] = {}
     kinds: dict[str, list[str]] = {}
     for frame in frames:
@@ -525,7 +526,9 @@ def _dominant_shape(frames: np.ndarray) -> tuple[str, str] | None:
     if not pixels:
         return None
     colour = max(pixels, key=pixels.__getitem__)
-    return colour, max(set(kinds[colour]), key=kinds[colour].count)
+    # Counter keeps first-seen order among equal counts; max over a set broke ties by string hashes, which
+    # differ per process (PYTHONHASHSEED), so one pipeline's score moved between runs.
+    return colour, Counter(kinds[colour]).most_common(1)[0][0]
 
 
 def _prompt_match(found: tuple[str, str] | None, state: dict) -> tuple[bool, bool]:
