@@ -22,7 +22,7 @@ def test_open_muse_preset_has_its_parameter_count():
 SMALL_PRESETS = {"f4-small": 4, "f4-patch": 4, "f8-small": 8, "f16-small": 16}
 
 
-# Levels from 3: vector-quantize-pytorch's FSQ refuses a level of 2 without preserve_symmetry.
+# Levels from 3, the least VQGANConfig takes (vector-quantize-pytorch's FSQ needs its symmetric variant for 2).
 @given(levels=st.lists(st.integers(3, 8), min_size=1, max_size=4), preset=st.sampled_from(sorted(SMALL_PRESETS)))
 @settings(max_examples=20, deadline=None)
 def test_config_codebook_size_is_the_quantizers(levels, preset):
