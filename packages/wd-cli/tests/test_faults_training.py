@@ -212,8 +212,12 @@ def test_no_checkpoint_that_loads_is_one_line(tiny_run_config, tmp_path):
 
 
 RANK_SCRIPT = """
-import math, sys, torch
+import atexit, math, os, sys, torch
+from pathlib import Path
 from safetensors.torch import save_file
+# Registered before train_stpt, so it runs after the trainer's own exit handler (atexit runs them last-in first-out).
+atexit.register(lambda: Path(sys.argv[2], f"group-at-exit{os.environ['RANK']}").write_text(
+    str(torch.distributed.is_initialized())))
 from wd_cli.train import STPTRunConfig, load_config, train_stpt
 from wd_cli.train.objective import MaskedTokenObjective
 real, calls = MaskedTokenObjective.__call__, [0]
@@ -244,3 +248,6 @@ def test_ranks_agree_to_skip_a_step_only_one_of_them_found_non_finite(tiny_run_c
     rank0, rank1 = (load_file(tmp_path / "run" / f"rank{rank}.st") for rank in (0, 1))
     assert all(torch.equal(rank0[name], rank1[name]) for name in rank0)
     assert [line["skipped"] for line in metrics(tmp_path / "run")] == [0.0, 1.0, 0.0]
+    # The script never closed the process group: the trainer's exit handler did, before interpreter teardown (a
+    # group left to the teardown aborted a rank now and then: SIGABRT after a finished run).
+    assert [(tmp_path / "run" / f"group-at-exit{rank}").read_text() for rank in (0, 1)] == ["False", "False"]

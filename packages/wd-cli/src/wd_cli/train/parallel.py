@@ -4,6 +4,7 @@ is STPTConfig's switch, which the trainer sets from `parallel.activation_checkpo
 
 from __future__ import annotations
 
+import atexit
 import gc
 import os
 from dataclasses import dataclass
@@ -34,7 +35,10 @@ class DistributedEnv:
 
 
 def init_distributed(section: TrainSection) -> DistributedEnv:
-    """Read torchrun's RANK/WORLD_SIZE/LOCAL_RANK and start the process group (nccl on CUDA, gloo on CPU)."""
+    """Read torchrun's RANK/WORLD_SIZE/LOCAL_RANK and start the process group (nccl on CUDA, gloo on CPU). A group
+    started here is closed at interpreter exit (`close_distributed`, as an atexit handler) unless the caller
+    closes it first, so a script that calls `train_stpt` under torchrun and then uses the group (or just ends)
+    needs no shutdown code of its own."""
     rank, world_size = int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
     local_rank = int(os.environ.get("LOCAL_RANK", 0))
     if section.device is not None:
@@ -45,6 +49,7 @@ def init_distributed(section: TrainSection) -> DistributedEnv:
         torch.cuda.set_device(device)
     if world_size > 1 and not dist.is_initialized():
         dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+        atexit.register(close_distributed)
     return DistributedEnv(rank, world_size, device)
 
 
@@ -53,7 +58,8 @@ def close_distributed() -> None:
     registry's references: a DDP wrapper (its reducer) or FSDP's parameters keep the group alive, and when the
     last of them is freed by the garbage collector during interpreter shutdown, gloo's worker threads are torn
     down without the GIL, which aborts the rank ("terminate called without an active exception", SIGABRT after
-    a finished run, a few times in CI). Collecting first frees those wrappers now."""
+    a finished run, a few times in CI). Collecting first frees those wrappers now. atexit handlers run before
+    that teardown, which is why init_distributed registers this function as one; calling it again is a no-op."""
     if dist.is_initialized():
         gc.collect()
         dist.destroy_process_group()
