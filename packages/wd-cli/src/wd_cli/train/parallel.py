@@ -54,12 +54,12 @@ def init_distributed(section: TrainSection) -> DistributedEnv:
 
 
 def close_distributed() -> None:
-    """Destroy the process group while the interpreter is fully alive. destroy_process_group only drops the
-    registry's references: a DDP wrapper (its reducer) or FSDP's parameters keep the group alive, and when the
-    last of them is freed by the garbage collector during interpreter shutdown, gloo's worker threads are torn
-    down without the GIL, which aborts the rank ("terminate called without an active exception", SIGABRT after
-    a finished run, a few times in CI). Collecting first frees those wrappers now. atexit handlers run before
-    that teardown, which is why init_distributed registers this function as one; calling it again is a no-op."""
+    """Destroy the process group (destroy_process_group shuts its backends down) while the interpreter is fully
+    alive. A group left to interpreter shutdown is freed with the last DDP wrapper (its reducer) or FSDP
+    parameter holding it, and gloo's worker threads torn down then, without the GIL, abort the rank ("terminate
+    called without an active exception", SIGABRT after a finished run, now and then in CI). atexit handlers run
+    before that teardown, which is why init_distributed registers this function as one; calling it again is a
+    no-op. Collecting first frees wrappers nobody holds any more."""
     if dist.is_initialized():
         gc.collect()
         dist.destroy_process_group()
